@@ -1,0 +1,885 @@
+"""The unlearning update of MATH.md: dual (Fast-NTK), primal (Newton), Woodbury, dense.
+
+Notation (MATH.md): ``D = D_r ∪ D_f``; ``J_S`` the Jacobian of the PEFT
+parameters at the linearization point ``w̄``; ``f̄_S = f(X_S; w̄)``; ``Y_S`` the
+targets (``target_scale · one_hot``); ``z_S = Y_S − f̄_S``;
+``f_lin(x; w) = f̄(x) + J(x)(w − w̄)``; ``H_S = G_S + λI``; ``K_SS = Θ_SS + λI``.
+
+Forms (all return ``Δ`` with the unlearned PEFT vector ``w_trained + Δ``):
+
+``"dual"`` -- Fast-NTK / Golatkar et al. closed form, kernel space::
+
+    Δ = P J_fᵀ M V,   P = I − J_rᵀ K_rr⁻¹ J_r,
+    M = (K_ff − Θ_fr K_rr⁻¹ Θ_rf)⁻¹,   V = −z_f + Θ_fr K_rr⁻¹ z_r
+
+  i.e. ``Δ = w_{D_r} − w_D`` between the two ridge fits of the linearized
+  model from ``w̄``.  All inverses are applied by CG; ``M`` is an operator whose
+  matvec needs an inner ``K_rr`` solve.
+
+``"primal"`` -- one Newton step of the retain loss from the trained weights::
+
+    Δ = (G_r + λI)⁻¹ J_fᵀ (f_lin(X_f; w_trained) − Y_f)
+
+``"woodbury"`` -- the same Newton step, with ``(G_r + λI)⁻¹`` applied through
+``H = G_D + λI`` (prepared once) and a forget-space system::
+
+    H_r⁻¹ = H⁻¹ + H⁻¹ J_fᵀ (I − J_f H⁻¹ J_fᵀ)⁻¹ J_f H⁻¹
+
+``"dense"`` -- Golatkar et al.'s dense NTK baseline (materialized ``J``, explicit
+``numpy.linalg.solve`` of the dual closed form); small ``n`` only.
+
+All forms give the same ``Δ`` when the trained weights are the linearized ridge
+fit on ``D`` (the truth test of MATH.md: ``w_trained + Δ`` equals the fit on
+``D_r``).  When they are not (ordinary fine-tuning), ``dual`` measures the
+difference of the two kernel fits while ``primal``/``woodbury`` take a Newton
+step from where the model actually is.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import (
+    ConvergenceError,
+    DataError,
+    DeviceError,
+    DTypeError,
+    ForgetSetError,
+    InvalidInputError,
+    ModelStateError,
+    NumericalError,
+    PeftError,
+)
+from .operators import GGNLinearOperator, NTKLinearOperator, make_jacobian
+from .operators import _stream
+from .operators.base import TorchLinearOperator
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["unlearn", "Unlearner", "UnlearnResult", "unlearning", "FORMS"]
+
+FORMS = ("auto", "dual", "primal", "woodbury", "dense")
+SCALES = (None, "trapezium")
+
+
+# ======================================================================================
+# result type
+# ======================================================================================
+@dataclass
+class UnlearnResult:
+    """Outcome of one unlearning request.
+
+    delta : ``Δ`` (p,), in the PEFT dtype.
+    w_new : the unlearned PEFT vector ``w_trained + scale·Δ``.
+    w_old : the PEFT vector before unlearning.
+    form / strategy / space : what was used; ``reasons`` says why (auto choices).
+    solves : name -> :class:`fastntk.solvers.SolveResult` (or a dict for direct solves).
+    timings : phase -> seconds.
+    scale : the factor applied to Δ.
+    """
+
+    delta: torch.Tensor
+    w_new: torch.Tensor
+    w_old: torch.Tensor
+    form: str
+    strategy: str
+    space: str
+    loss: str
+    scale: float
+    reasons: dict = field(default_factory=dict)
+    solves: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def matvecs(self) -> int:
+        return int(sum(getattr(s, "matvecs", 0) for s in self.solves.values()))
+
+    @property
+    def seconds(self) -> float:
+        return float(self.timings.get("total", sum(self.timings.values())))
+
+    def summary(self) -> dict:
+        return {
+            "form": self.form,
+            "strategy": self.strategy,
+            "space": self.space,
+            "loss": self.loss,
+            "scale": self.scale,
+            "delta_norm": float(self.delta.norm()),
+            "matvecs": self.matvecs,
+            "timings": dict(self.timings),
+            "reasons": dict(self.reasons),
+            "solves": {k: _solve_summary(v) for k, v in self.solves.items()},
+        }
+
+
+def _solve_summary(s) -> dict:
+    if isinstance(s, dict):
+        return s
+    return {
+        "method": getattr(s, "method", None),
+        "backend": getattr(s, "backend", None),
+        "iterations": int(getattr(s, "iterations", 0)),
+        "matvecs": int(getattr(s, "matvecs", 0)),
+        "true_residual": float(np.max(getattr(s, "true_residual", np.nan))),
+        "tolerance": float(np.max(getattr(s, "tolerance", np.nan))),
+        "converged": bool(getattr(s, "converged", False)),
+        "seconds": float(getattr(s, "seconds", 0.0)),
+    }
+
+
+# ======================================================================================
+# input handling
+# ======================================================================================
+def _xy(data, name: str):
+    """``(X, y)`` from a tuple, an object with ``.X``/``.y``, or a Dataset of pairs."""
+    if isinstance(data, tuple) and len(data) == 2:
+        X, y = data
+    elif hasattr(data, "X") and hasattr(data, "y"):
+        X, y = data.X, data.y
+    elif isinstance(data, torch.utils.data.Dataset):
+        try:
+            items = [data[i] for i in range(len(data))]
+        except Exception as e:
+            raise DataError(f"cannot read the {name} set: {e}") from None
+        if not items:
+            raise DataError(f"the {name} set is empty")
+        X = torch.stack([torch.as_tensor(it[0]) for it in items])
+        y = torch.as_tensor([int(it[1]) for it in items])
+    else:
+        raise DataError(f"the {name} set must be (X, y), an object with .X and .y, or a Dataset of (x, y); got {type(data).__name__}")
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise DataError(f"the {name} set must hold torch tensors")
+    if X.shape[0] != y.shape[0]:
+        raise DataError(f"the {name} set has {X.shape[0]} inputs but {y.shape[0]} labels")
+    if X.shape[0] == 0:
+        raise ForgetSetError(f"the {name} set is empty; unlearning needs at least one {name} sample")
+    if y.dtype.is_floating_point or y.ndim != 1:
+        raise DataError(f"{name} labels must be a 1-D integer tensor of class indices, got {y.dtype} {tuple(y.shape)}")
+    if not torch.isfinite(X).all():
+        raise DataError(f"the {name} inputs contain NaN/Inf; clean the data before unlearning")
+    return X, y
+
+
+def _check_labels(y: torch.Tensor, C: int, name: str):
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
+        raise DataError(f"{name} labels must lie in [0, {C}) (the model has {C} outputs); got range [{int(y.min())}, {int(y.max())}]")
+
+
+def _check_model(model, peft):
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if peft.model is not model:
+        raise PeftError("the PEFT set wraps another model; build it with the model you pass (for prompts pass peft.model)")
+    bad = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.training]
+    if bad:
+        raise ModelStateError(
+            f"BatchNorm layers are in train mode ({bad[0]!r}…): NTK unlearning linearizes the model in eval mode; "
+            "call model.eval() first"
+        )
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NumericalError(f"model tensor {n!r} contains NaN/Inf; unlearning a broken model is refused")
+
+
+def _check_scalar(name, value, *, positive=False, nonneg=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise InvalidInputError(f"{name} must be finite, got {value!r}")
+    if positive and v <= 0:
+        raise InvalidInputError(f"{name} must be > 0, got {value!r}")
+    if nonneg and v < 0:
+        raise InvalidInputError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def _targets(y: torch.Tensor, C: int, scale: float, dtype, device):
+    return (torch.nn.functional.one_hot(y.to(device), C).to(dtype) * scale).reshape(-1)
+
+
+# ======================================================================================
+# solves
+# ======================================================================================
+class _SolveCtx:
+    """Common solver settings and the solve bookkeeping of one request."""
+
+    def __init__(self, *, rtol, maxiter, preconditioner, precond_rank, backend, callback, on_fail, progress):
+        self.rtol = rtol
+        self.maxiter = maxiter
+        self.preconditioner = preconditioner
+        self.precond_rank = precond_rank
+        self.backend = backend
+        self.callback = callback
+        self.on_fail = on_fail
+        self.progress = progress
+        self.solves: dict = {}
+        self._precond_cache: dict = {}
+
+    def _precond(self, op: TorchLinearOperator, key):
+        name = self.preconditioner
+        if name in (None, "none"):
+            return None
+        if key is not None and key in self._precond_cache:
+            return self._precond_cache[key]
+        from . import solvers
+
+        sop = op.to_scipy()
+        if name == "jacobi":
+            M = solvers.JacobiPreconditioner(op.diagonal().double().cpu().numpy())
+        elif name == "nystrom":
+            M = solvers.NystromPreconditioner.build(sop, rank=min(self.precond_rank, op.shape[0] - 1), ridge=getattr(op, "ridge", 0.0), seed=0)
+        else:
+            raise InvalidInputError(f"unknown preconditioner {name!r}; choose 'none', 'jacobi' or 'nystrom'")
+        log.info("fastntk: preconditioner %s built for %s", name, key)
+        if key is not None:
+            self._precond_cache[key] = M
+        return M
+
+    def solve(self, op: TorchLinearOperator, b: torch.Tensor, name: str, *, rtol=None, key=None, quiet=False) -> torch.Tensor:
+        """``op⁻¹ b`` by preconditioned CG (fastntk.solvers); the result is recorded under ``name``."""
+        from . import solvers
+
+        if float(b.norm()) == 0.0:
+            x = torch.zeros_like(b)
+            self.solves[name] = {"method": "trivial", "iterations": 0, "matvecs": 0, "true_residual": 0.0, "converged": True}
+            return x
+        M = self._precond(op, key)
+        bar = None
+        cb = self.callback
+        if self.progress and not quiet:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=f"solve {name}", unit="it", leave=False)
+
+            def cb(xk, _user=self.callback):
+                bar.update(1)
+                if _user is not None:
+                    _user(xk)
+
+        try:
+            res = solvers.cg(
+                op.to_scipy(),
+                b.detach().cpu().numpy(),
+                rtol=self.rtol if rtol is None else rtol,
+                maxiter=self.maxiter,
+                M=M,
+                callback=cb,
+                backend=self.backend,
+                on_fail=self.on_fail,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        prev = self.solves.get(name)
+        if prev is None or quiet:
+            self.solves[name] = res if not quiet else _merge(prev, res)
+        else:
+            self.solves[name] = res
+        return torch.as_tensor(np.asarray(res.x), dtype=b.dtype, device=b.device)
+
+
+def _merge(prev, res):
+    """Accumulate inner solves (dual form) into one summary dict."""
+    s = _solve_summary(res)
+    if prev is None:
+        s["count"] = 1
+        return s
+    prev = dict(prev)
+    prev["count"] = prev.get("count", 1) + 1
+    prev["iterations"] += s["iterations"]
+    prev["matvecs"] += s["matvecs"]
+    prev["true_residual"] = max(prev["true_residual"], s["true_residual"])
+    prev["converged"] = prev["converged"] and s["converged"]
+    prev["seconds"] += s["seconds"]
+    return prev
+
+
+class _SchurOperator(TorchLinearOperator):
+    """``S = K_ff − Θ_fr K_rr⁻¹ Θ_rf`` (n_fC × n_fC); each matvec runs an inner ``K_rr`` solve.
+
+    Equivalently ``S = J_f P J_fᵀ + λI`` with ``P = I − J_rᵀ K_rr⁻¹ J_r``.
+    """
+
+    symmetric = True
+
+    def __init__(self, src_f, src_r, K_rr, ridge_f, ctx, inner_rtol):
+        super().__init__((src_f.nC, src_f.nC), src_f.dtype, src_f.device)
+        self.src_f, self.src_r, self.K_rr, self.ridge, self.ctx, self.inner_rtol = src_f, src_r, K_rr, ridge_f, ctx, inner_rtol
+
+    def _matmat(self, U):
+        cols = []
+        for j in range(U.shape[1]):
+            u = U[:, j : j + 1]
+            g = self.src_f.jtmat(u)  # J_fᵀ u (p,1)
+            Pg = g - self.src_r.jtmat(self.ctx.solve(self.K_rr, self.src_r.jmat(g)[:, 0], "inner K_rr", rtol=self.inner_rtol, quiet=True).unsqueeze(1))
+            cols.append(self.src_f.jmat(Pg) + self.ridge * u)
+        return torch.cat(cols, dim=1)
+
+
+# ======================================================================================
+# the forms
+# ======================================================================================
+def _fit_displacement_primal(src, z, ridge, ctx, name):
+    """``w_S − w̄ = (G_S + λI)⁻¹ J_Sᵀ z_S`` (primal ridge fit)."""
+    H = GGNLinearOperator(src, ridge)
+    return ctx.solve(H, src.jtmat(z.unsqueeze(1))[:, 0], name, key=("H", id(src), ridge))
+
+
+def _delta_dual(src_r, src_f, z_r, z_f, ridge_r, ctx):
+    K_rr = NTKLinearOperator(src_r, ridge_r)
+    a_r = ctx.solve(K_rr, z_r, "K_rr z_r", key=("K", id(src_r)))
+    w_ret = src_r.jtmat(a_r.unsqueeze(1))[:, 0]  # w_{D_r} − w̄
+    V = -z_f + src_f.jmat(w_ret.unsqueeze(1))[:, 0]  # f_lin(X_f; w_{D_r}) − Y_f
+    S = _SchurOperator(src_f, src_r, K_rr, ridge_r, ctx, inner_rtol=ctx.rtol * 1e-2)
+    m = ctx.solve(S, V, "Schur M V")
+    u = src_f.jtmat(m.unsqueeze(1))[:, 0]
+    Pu = u - src_r.jtmat(ctx.solve(K_rr, src_r.jmat(u.unsqueeze(1))[:, 0], "K_rr J_r u", key=("K", id(src_r))).unsqueeze(1))[:, 0]
+    return Pu, w_ret
+
+
+def _forget_residual(src_f, y_f_targets, w_trained, w_bar):
+    """``f_lin(X_f; w_trained) − Y_f = f̄_f + J_f (w_trained − w̄) − Y_f``."""
+    r = src_f.outputs().reshape(-1) - y_f_targets
+    d = w_trained - w_bar
+    if float(d.abs().max()) > 0:
+        r = r + src_f.jmat(d.unsqueeze(1))[:, 0]
+    return r
+
+
+def _delta_primal(src_r, src_f, r_f, ridge_r, ctx):
+    H_r = GGNLinearOperator(src_r, ridge_r)
+    g = src_f.jtmat(r_f.unsqueeze(1))[:, 0]
+    return ctx.solve(H_r, g, "H_r Δ = J_fᵀ r_f", key=("H", id(src_r), ridge_r))
+
+
+class _DenseFactor:
+    """Cholesky factor of ``H = G_D + λI`` (p × p, float64), built from ``J`` in chunks."""
+
+    def __init__(self, src, ridge, *, progress=False):
+        t = time.perf_counter()
+        p = src.p
+        G = torch.zeros(p, p, dtype=torch.float64, device=src.device)
+        if hasattr(src, "J"):
+            Jd = src.J.double()
+            G = Jd.T @ Jd
+        else:
+            chunk = max(1, min(4096, int(2e8 // max(1, 8 * p * src.C))))
+            for s in range(0, src.n, chunk):
+                Jc = src.subset(np.arange(s, min(s + chunk, src.n))).dense().double()
+                G += Jc.T @ Jc
+        G.diagonal().add_(ridge)
+        self.L = torch.linalg.cholesky(G)
+        self.ridge = ridge
+        self.p = p
+        self.seconds = time.perf_counter() - t
+
+    def solve(self, B):
+        """``H⁻¹ B`` (float64)."""
+        return torch.cholesky_solve(B.double(), self.L)
+
+
+def _delta_woodbury(factor: _DenseFactor, Jf: torch.Tensor, r_f: torch.Tensor, ctx, *, dense_limit: int = 6000):
+    """``Δ = H_r⁻¹ J_fᵀ r_f`` with ``H_r⁻¹ = H⁻¹ + H⁻¹J_fᵀ(I − J_f H⁻¹ J_fᵀ)⁻¹J_f H⁻¹``.
+
+    ``Jf`` is the (materialized) forget Jacobian (n_fC × p); only an n_fC system
+    is solved: directly when ``n_fC ≤ dense_limit``, else by CG.
+    """
+    Jf = Jf.double()
+    g = Jf.T @ r_f.double()
+    a = factor.solve(g.unsqueeze(1))[:, 0]  # H⁻¹ g
+    b = Jf @ a
+    HJt = factor.solve(Jf.T)  # H⁻¹ J_fᵀ (p × n_fC)
+    m = Jf.shape[0]
+    if m <= dense_limit:
+        Cap = torch.eye(m, dtype=torch.float64, device=Jf.device) - Jf @ HJt
+        t = time.perf_counter()
+        c = torch.linalg.solve(Cap, b)
+        ctx.solves["capacitance"] = {"method": "dense solve", "iterations": 0, "matvecs": 0, "size": m,
+                                     "true_residual": float((Cap @ c - b).norm()), "converged": True, "seconds": time.perf_counter() - t}
+    else:
+        class _Cap(TorchLinearOperator):
+            symmetric = True
+
+            def _matmat(self, U):
+                return U - Jf @ (HJt @ U)
+
+        c = ctx.solve(_Cap((m, m), torch.float64, Jf.device), b, "capacitance")
+    return a + HJt @ c
+
+
+def _trapezium_scale(delta, w_trained, w_ret_abs):
+    """Golatkar et al.'s "trapezium" rescale of Δ.
+
+    With ``e = w_trained − w_{D_r}`` (the gap between the trained weights and the
+    linearized retain fit) and ``cos = ⟨Δ/‖Δ‖, e/‖e‖⟩``: if ``cos < 0``,
+    ``φ = arccos(cos) − π/2`` and ``‖Δ‖* = ‖Δ‖ + 2 sin(φ)‖e‖``; else ``φ = arccos(cos)``
+    and ``‖Δ‖* = ‖Δ‖ + 2 cos(φ)‖e‖``.  The scale is ``‖Δ‖* / ‖Δ‖``.
+    """
+    e = (w_trained - w_ret_abs).double()
+    d = delta.double()
+    nd, ne = float(d.norm()), float(e.norm())
+    if nd == 0 or ne == 0:
+        return 1.0
+    inner = float(d @ e) / (nd * ne)
+    inner = max(-1.0, min(1.0, inner))
+    if inner < 0:
+        ang = math.acos(inner) - math.pi / 2
+        pred = nd + 2 * math.sin(ang) * ne
+    else:
+        ang = math.acos(inner)
+        pred = nd + 2 * math.cos(ang) * ne
+    return pred / nd
+
+
+# ======================================================================================
+# the public function
+# ======================================================================================
+def _choose_form(form, n_r, n_f, C, p, have_factor):
+    if form != "auto":
+        return form, f"form={form!r} requested"
+    if have_factor:
+        return "woodbury", "a prepared factor of H = G_D + λI exists: only the n_fC forget-space system is solved"
+    if p <= n_r * C:
+        return "primal", f"p = {p} ≤ n_r·C = {n_r * C}: the parameter space is the smaller one"
+    return "dual", f"n_r·C = {n_r * C} < p = {p}: the kernel space is the smaller one"
+
+
+def unlearn(
+    model: torch.nn.Module,
+    peft,
+    retain,
+    forget,
+    *,
+    ridge: float,
+    w0: torch.Tensor | None = None,
+    linearize_at: str = "w0",
+    form: str = "auto",
+    loss: str = "mse",
+    target_scale: float = 1.0,
+    scale: float | str | None = None,
+    ridge_convention: str = "sum",
+    strategy: str = "auto",
+    memory_budget: float | None = 2e9,
+    batch_size: int = 128,
+    preconditioner: str | None = "none",
+    precond_rank: int = 50,
+    rtol: float = 1e-6,
+    maxiter: int | None = None,
+    backend: str = "auto",
+    on_fail: str = "raise",
+    line_search: bool = True,
+    inplace: bool = False,
+    progress: bool = False,
+    callback: Callable | None = None,
+) -> UnlearnResult:
+    """Remove the influence of ``forget`` from the PEFT parameters of ``model``.
+
+    Parameters
+    ----------
+    model, peft : the trained model (eval mode) and its PEFT set (``peft.model is model``).
+    retain, forget : ``(X, y)`` (or objects with ``.X``/``.y``, or Datasets of pairs): ``D_r`` and ``D_f``.
+    ridge : ``λ`` of the ridge fits (``½λ‖w − w̄‖²``, sum-loss convention).
+    w0 : PEFT vector before fine-tuning (``linearize_at="w0"``; required then).
+    linearize_at : ``"w0"`` (``w̄ = w0``, the theory) or ``"trained"`` (``w̄ = w_trained``, Golatkar's code).
+    form : ``"auto" | "dual" | "primal" | "woodbury" | "dense"`` (module docstring).
+    loss : ``"mse"`` (the paper's kernel, targets ``target_scale·one_hot``) or ``"ce"``:
+        cross-entropy Gauss-Newton ``G = Σ J_iᵀ(diag(p_i) − p_i p_iᵀ)J_i`` at ``w̄``; the step is
+        ``Δ = −(G_r + λI)⁻¹ ∇L_r(w_trained)`` (gradient of the retain CE + ridge at the trained
+        weights), damped by a backtracking line search on the retain loss (``line_search``).
+    scale : ``None`` (1), a number ``s`` (``w_trained + s·Δ``), or ``"trapezium"`` (see :func:`_trapezium_scale`).
+    ridge_convention : ``"sum"`` (one λ for every fit; identities exact) or ``"mean"``
+        (Golatkar's mean loss: ridge ``n_r·λ`` for retain fits, ``n·λ`` for the full-data factor;
+        the identities between forms then hold only approximately).
+    strategy, memory_budget : Jacobian strategy (``"stream"``, ``"cached"``, ``"auto"``: cache ``J`` when
+        ``nC·p`` floats fit ``memory_budget`` bytes).
+    preconditioner : ``"none" | "jacobi" | "nystrom"`` (rank ``precond_rank``); rtol / maxiter / backend /
+        on_fail / callback go to :func:`fastntk.solvers.cg`.
+    inplace : write ``w_new`` into the model, only after everything succeeded.
+
+    Returns
+    -------
+    UnlearnResult
+    """
+    t_all = time.perf_counter()
+    timings: dict = {}
+    reasons: dict = {}
+    # ---------------------------------------------------------------- validation (no work yet)
+    if form not in FORMS:
+        raise InvalidInputError(f"form must be one of {FORMS}, got {form!r}")
+    if loss not in ("mse", "ce"):
+        raise InvalidInputError(f"loss must be 'mse' or 'ce', got {loss!r}")
+    if linearize_at not in ("w0", "trained"):
+        raise InvalidInputError(f"linearize_at must be 'w0' or 'trained', got {linearize_at!r}")
+    if ridge_convention not in ("sum", "mean"):
+        raise InvalidInputError(f"ridge_convention must be 'sum' or 'mean', got {ridge_convention!r}")
+    if on_fail not in ("raise", "warn"):
+        raise InvalidInputError(f"on_fail must be 'raise' or 'warn', got {on_fail!r}")
+    lam = _check_scalar("ridge", ridge, nonneg=True)
+    rtol = _check_scalar("rtol", rtol, positive=True)
+    target_scale = _check_scalar("target_scale", target_scale, positive=True)
+    if maxiter is not None and int(maxiter) <= 0:
+        raise InvalidInputError(f"maxiter must be a positive integer, got {maxiter!r}")
+    if isinstance(scale, str) and scale != "trapezium":
+        raise InvalidInputError(f"scale must be None, a number or 'trapezium', got {scale!r}")
+    if scale is not None and not isinstance(scale, str):
+        scale = _check_scalar("scale", scale)
+    if backend == "cupy":
+        from .errors import BackendUnavailableError
+
+        if not torch.cuda.is_available() or peft.device.type != "cuda":
+            raise BackendUnavailableError("backend='cupy' needs the model on a CUDA GPU and CuPy (pip install 'fastntk[gpu]'); use backend='auto' or 'scipy' on CPU")
+    _check_model(model, peft)
+    X_r, y_r = _xy(retain, "retain")
+    X_f, y_f = _xy(forget, "forget")
+    w_trained = peft.vector()
+    if linearize_at == "w0":
+        if w0 is None:
+            raise InvalidInputError("linearize_at='w0' needs w0, the PEFT vector before fine-tuning (or use linearize_at='trained')")
+        peft.check_vector(w0, name="w0")
+        if not torch.isfinite(w0).all():
+            raise NumericalError("w0 contains NaN/Inf")
+        w_bar = w0.detach().clone()
+    else:
+        w_bar = w_trained.clone()
+    with torch.no_grad():
+        C = int(peft.functional()(w_bar, X_f[:1].to(peft.device, peft.dtype)).shape[1])
+    _check_labels(y_r, C, "retain")
+    _check_labels(y_f, C, "forget")
+    n_r, n_f, p = X_r.shape[0], X_f.shape[0], peft.p
+    lam_r = lam * n_r if ridge_convention == "mean" else lam
+    chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False)
+    reasons["form"] = why
+    if lam_r <= 0 and (chosen == "dual" and n_r * C > p or chosen in ("primal", "woodbury") and p > n_r * C):
+        raise InvalidInputError(
+            f"ridge must be > 0: with n_r·C = {n_r * C} and p = {p} the {'kernel' if chosen == 'dual' else 'parameter'} "
+            "space system is singular"
+        )
+    if lam_r <= 0 and chosen in ("dual", "primal", "woodbury"):
+        warnings.warn("ridge = 0: the fit is unregularized; the solve may be ill-conditioned", stacklevel=2)
+    log.info("fastntk: unlearn n_r=%d n_f=%d C=%d p=%d form=%s (%s)", n_r, n_f, C, p, chosen, why)
+
+    ctx = _SolveCtx(rtol=rtol, maxiter=maxiter, preconditioner=preconditioner, precond_rank=precond_rank,
+                    backend=backend, callback=callback, on_fail=on_fail, progress=progress)
+    # ---------------------------------------------------------------- Jacobian sources
+    t = time.perf_counter()
+    budget = memory_budget
+    src_r = make_jacobian(peft, X_r, w=w_bar, loss=loss, strategy=strategy, memory_budget=budget, batch_size=batch_size, progress=progress)
+    src_f = make_jacobian(peft, X_f, w=w_bar, loss=loss, strategy=strategy, memory_budget=budget, batch_size=batch_size, progress=progress)
+    reasons["strategy"] = getattr(src_r, "reason", "")
+    timings["jacobian"] = time.perf_counter() - t
+    dt, dev = peft.dtype, peft.device
+
+    # ---------------------------------------------------------------- the update
+    t = time.perf_counter()
+    w_ret_abs = None
+    if loss == "ce":
+        delta, info_ce = _delta_ce(peft, src_r, X_r, y_r, w_trained, w_bar, lam_r, ctx, batch_size, line_search)
+        space = "primal"
+        chosen = "primal" if chosen in ("auto", "dual", "woodbury") else chosen
+        reasons["form"] = "loss='ce': Gauss-Newton step in parameter space (primal), damped by line search"
+    else:
+        Y_r = _targets(y_r, C, target_scale, dt, dev)
+        Y_f = _targets(y_f, C, target_scale, dt, dev)
+        if chosen == "dual":
+            z_r = Y_r - src_r.outputs().reshape(-1)
+            z_f = Y_f - src_f.outputs().reshape(-1)
+            delta, w_ret = _delta_dual(src_r, src_f, z_r, z_f, lam_r, ctx)
+            w_ret_abs = w_bar + w_ret
+            space = "dual"
+        elif chosen == "primal":
+            r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
+            delta = _delta_primal(src_r, src_f, r_f, lam_r, ctx)
+            space = "primal"
+        elif chosen == "woodbury":
+            if lam <= 0:
+                raise InvalidInputError("form='woodbury' needs ridge > 0 (H = G_D + λI must be positive definite)")
+            from .operators import CachedJacobian
+
+            lam_D = lam * (n_r + n_f) if ridge_convention == "mean" else lam
+            r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
+            # H = G_D + λI from both sources
+            t2 = time.perf_counter()
+            fac_r = _DenseFactor.__new__(_DenseFactor)
+            Jr = src_r.dense()
+            Jf = src_f.dense()
+            Gd = Jr.double().T @ Jr.double() + Jf.double().T @ Jf.double()
+            Gd.diagonal().add_(lam_D)
+            fac_r.L = torch.linalg.cholesky(Gd)
+            fac_r.ridge, fac_r.p = lam_D, p
+            timings["factor"] = time.perf_counter() - t2
+            delta = _delta_woodbury(fac_r, Jf, r_f, ctx).to(dt)
+            space = "forget"
+        else:  # dense
+            delta, w_ret_abs = _delta_dense(src_r, src_f, Y_r, Y_f, w_bar, lam_r)
+            space = "dual"
+            ctx.solves["dense"] = {"method": "numpy.linalg.solve", "iterations": 0, "matvecs": 0, "converged": True}
+    timings["solve"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- scale + guard rails
+    if scale is None:
+        s = 1.0
+    elif scale == "trapezium":
+        if w_ret_abs is None:
+            Y_r = _targets(y_r, C, target_scale, dt, dev)
+            z_r = Y_r - src_r.outputs().reshape(-1)
+            w_ret_abs = w_bar + _fit_displacement_primal(src_r, z_r, lam_r, ctx, "retain fit (trapezium)")
+        s = _trapezium_scale(delta, w_trained, w_ret_abs)
+        reasons["scale"] = f"trapezium rescale = {s:.4g}"
+    else:
+        s = float(scale)
+    delta = delta.to(dt)
+    if not torch.isfinite(delta).all():
+        raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge or check the data")
+    w_new = w_trained + s * delta
+    if not torch.isfinite(w_new).all():
+        raise NumericalError("the unlearned parameters overflow; the model was not changed")
+    timings["total"] = time.perf_counter() - t_all
+    res = UnlearnResult(
+        delta=delta, w_new=w_new, w_old=w_trained, form=chosen, strategy=getattr(src_r, "strategy", "?"), space=space,
+        loss=loss, scale=s, reasons=reasons, solves=ctx.solves, timings=timings,
+        info={"n_retain": n_r, "n_forget": n_f, "C": C, "p": p, "ridge": lam, "ridge_effective": lam_r, "linearize_at": linearize_at},
+    )
+    if inplace:
+        peft.write(w_new)
+    log.info("fastntk: unlearned (form=%s, strategy=%s, |Δ|=%.3e, %d matvecs, %.2fs)", chosen, res.strategy, float(delta.norm()), res.matvecs, timings["total"])
+    return res
+
+
+def _delta_dense(src_r, src_f, Y_r, Y_f, w_bar, lam):
+    """Golatkar et al.'s dense NTK: materialize ``J`` and apply the dual closed form with ``numpy.linalg.solve``."""
+    Jr = src_r.dense().double().cpu().numpy()
+    Jf = src_f.dense().double().cpu().numpy()
+    z_r = (Y_r.double().cpu() - src_r.outputs().reshape(-1).double().cpu()).numpy()
+    z_f = (Y_f.double().cpu() - src_f.outputs().reshape(-1).double().cpu()).numpy()
+    K_rr = Jr @ Jr.T + lam * np.eye(Jr.shape[0])
+    K_ff = Jf @ Jf.T + lam * np.eye(Jf.shape[0])
+    T_fr = Jf @ Jr.T
+    Kinv_zr = np.linalg.solve(K_rr, z_r)
+    Kinv_Trf = np.linalg.solve(K_rr, T_fr.T)
+    V = -z_f + T_fr @ Kinv_zr
+    Mi = K_ff - T_fr @ Kinv_Trf
+    m = np.linalg.solve(Mi, V)
+    u = Jf.T @ m
+    Pu = u - Jr.T @ np.linalg.solve(K_rr, Jr @ u)
+    w_ret = w_bar + torch.as_tensor(Jr.T @ Kinv_zr, dtype=w_bar.dtype, device=w_bar.device)
+    return torch.as_tensor(Pu, dtype=w_bar.dtype, device=w_bar.device), w_ret
+
+
+def _retain_ce_loss_and_grad(peft, X_r, y_r, w, w_bar, lam, batch_size, need_grad=True):
+    f = peft.functional()
+    total = 0.0
+    grad = torch.zeros_like(w)
+    for s in range(0, X_r.shape[0], batch_size):
+        xb = X_r[s : s + batch_size].to(peft.device, peft.dtype)
+        yb = y_r[s : s + batch_size].to(peft.device)
+        if need_grad:
+            wv = w.detach().clone().requires_grad_(True)
+            l = torch.nn.functional.cross_entropy(f(wv, xb), yb, reduction="sum")
+            (g,) = torch.autograd.grad(l, wv)
+            grad += g
+        else:
+            with torch.no_grad():
+                l = torch.nn.functional.cross_entropy(f(w, xb), yb, reduction="sum")
+        total += float(l)
+    d = w - w_bar
+    total += 0.5 * lam * float(d @ d)
+    grad += lam * d
+    return total, grad
+
+
+def _delta_ce(peft, src_r, X_r, y_r, w_trained, w_bar, lam, ctx, batch_size, line_search):
+    """Damped Gauss-Newton step on the retain cross-entropy (+ ridge) from the trained weights."""
+    if lam <= 0:
+        raise InvalidInputError("loss='ce' needs ridge > 0 (the CE Gauss-Newton is singular along the softmax null space)")
+    L0, g = _retain_ce_loss_and_grad(peft, X_r, y_r, w_trained, w_bar, lam, batch_size)
+    H = GGNLinearOperator(src_r, lam)
+    step = -ctx.solve(H, g, "H_r Δ = −∇L_r", key=("Hce", id(src_r)))
+    t = 1.0
+    info = {"loss_before": L0, "steps_tried": 0}
+    if line_search:
+        slope = float(g @ step)
+        for _ in range(12):
+            info["steps_tried"] += 1
+            Lt, _ = _retain_ce_loss_and_grad(peft, X_r, y_r, w_trained + t * step, w_bar, lam, batch_size, need_grad=False)
+            if math.isfinite(Lt) and Lt <= L0 + 1e-4 * t * slope:
+                break
+            t *= 0.5
+        else:
+            t = 0.0
+        info["loss_after"] = Lt
+    info["step"] = t
+    ctx.solves["line search"] = dict(info, method="armijo backtracking", iterations=info["steps_tried"], matvecs=0, converged=t > 0 or not line_search)
+    return t * step, info
+
+
+# ======================================================================================
+# prepared state for a stream of deletion requests
+# ======================================================================================
+class Unlearner:
+    """Prepared state for many deletion requests against one training set ``D``.
+
+    ``prepare()`` builds, once, the Jacobian of ``D`` (cached when it fits the
+    memory budget) and the Cholesky factor of ``H = G_D + λI`` (p × p).  Each
+    :meth:`forget` then costs work in the size of the (cumulative) forget set:
+    the Woodbury form ``H_r⁻¹ = H⁻¹ + H⁻¹J_fᵀ(I − J_f H⁻¹ J_fᵀ)⁻¹J_f H⁻¹`` with
+    ``J_f`` the rows of every sample forgotten so far.  Each request takes a
+    Newton step from the current weights, so a sequence of requests equals one
+    request with their union (exactly, for the linearized ridge fit).
+    """
+
+    def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0,
+                 strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False):
+        if linearize_at not in ("w0", "trained"):
+            raise InvalidInputError(f"linearize_at must be 'w0' or 'trained', got {linearize_at!r}")
+        self.lam = _check_scalar("ridge", ridge, positive=True)
+        _check_model(model, peft)
+        self.model, self.peft = model, peft
+        self.X, self.y = _xy(train, "training")
+        self.n = self.X.shape[0]
+        if linearize_at == "w0":
+            if w0 is None:
+                raise InvalidInputError("linearize_at='w0' needs w0 (the PEFT vector before fine-tuning)")
+            peft.check_vector(w0, name="w0")
+            self.w_bar = w0.detach().clone()
+        else:
+            self.w_bar = peft.vector()
+        self.target_scale = _check_scalar("target_scale", target_scale, positive=True)
+        self.strategy, self.memory_budget, self.batch_size = strategy, memory_budget, batch_size
+        self.rtol = rtol
+        self.progress = progress
+        self.forgotten = np.zeros(0, dtype=np.int64)
+        self.w = peft.vector()  # current (unlearned) weights; the model is touched only by apply()
+        self.prepared = False
+        self.history: list[UnlearnResult] = []
+
+    def prepare(self) -> "Unlearner":
+        """Build the Jacobian source of ``D``, ``f̄_D`` and the factor of ``H = G_D + λI``."""
+        t = time.perf_counter()
+        self.src = make_jacobian(self.peft, self.X, w=self.w_bar, strategy=self.strategy, memory_budget=self.memory_budget,
+                                 batch_size=self.batch_size, progress=self.progress)
+        with torch.no_grad():
+            C = int(self.src.C)
+        _check_labels(self.y, C, "training")
+        self.C = C
+        self.factor = _DenseFactor(self.src, self.lam, progress=self.progress)
+        self.outputs = self.src.outputs()
+        self.prepare_seconds = time.perf_counter() - t
+        self.prepared = True
+        log.info("fastntk: Unlearner prepared (n=%d, p=%d, strategy=%s, factor %.2fs, total %.2fs)", self.n, self.src.p,
+                 self.src.strategy, self.factor.seconds, self.prepare_seconds)
+        return self
+
+    def _check_indices(self, idx) -> np.ndarray:
+        a = np.asarray(idx)
+        if a.size == 0:
+            raise ForgetSetError("the forget request is empty; pass at least one training index")
+        if a.dtype.kind not in "iu":
+            raise ForgetSetError(f"forget indices must be integers, got dtype {a.dtype}")
+        a = a.astype(np.int64).reshape(-1)
+        if a.min() < 0 or a.max() >= self.n:
+            raise ForgetSetError(f"forget indices must lie in [0, {self.n}); got range [{a.min()}, {a.max()}]")
+        if np.unique(a).size != a.size:
+            raise ForgetSetError("forget indices contain duplicates; pass each sample once")
+        again = np.intersect1d(a, self.forgotten)
+        if again.size:
+            raise ForgetSetError(f"{again.size} of the indices were already forgotten (e.g. {int(again[0])})")
+        if a.size + self.forgotten.size >= self.n:
+            raise ForgetSetError("the request would forget the whole training set; retrain from w0 instead")
+        return np.sort(a)
+
+    def forget(self, indices, *, apply: bool = False) -> UnlearnResult:
+        """Forget the training samples ``indices`` (Newton/Woodbury step from the current weights)."""
+        if not self.prepared:
+            self.prepare()
+        idx = self._check_indices(indices)
+        t0 = time.perf_counter()
+        timings = {}
+        all_f = np.union1d(self.forgotten, idx)
+        new_f = idx
+        ctx = _SolveCtx(rtol=self.rtol, maxiter=None, preconditioner="none", precond_rank=0, backend="auto", callback=None, on_fail="raise", progress=False)
+        t = time.perf_counter()
+        src_all = self.src.subset(all_f)
+        Jf_all = src_all.dense()
+        src_new = self.src.subset(new_f)
+        timings["jacobian"] = time.perf_counter() - t
+        # residual of the NEW forget samples at the current weights: f_lin(X_f; w) − Y_f
+        Y_f = _targets(torch.as_tensor(self.y[new_f]), self.C, self.target_scale, self.peft.dtype, self.peft.device)
+        out_new = self.outputs[torch.as_tensor(new_f)].reshape(-1)
+        d = (self.w - self.w_bar).unsqueeze(1)
+        r_f = out_new + (src_new.jmat(d)[:, 0]) - Y_f
+        # Newton step for the retain set after this request: H_r = H − J_allᵀ J_all
+        # Δ = H_r⁻¹ J_newᵀ r_f, expressed with the full-rows Jacobian (zeros for old rows).
+        C = self.C
+        pos = np.searchsorted(all_f, new_f)
+        rows = (pos[:, None] * C + np.arange(C)[None, :]).reshape(-1)
+        r_all = torch.zeros(all_f.size * C, dtype=torch.float64, device=self.peft.device)
+        r_all[torch.as_tensor(rows)] = r_f.double()
+        t = time.perf_counter()
+        delta = _delta_woodbury(self.factor, Jf_all, r_all, ctx).to(self.peft.dtype)
+        timings["solve"] = time.perf_counter() - t
+        if not torch.isfinite(delta).all():
+            raise NumericalError("the update Δ has NaN/Inf entries; nothing was changed")
+        w_new = self.w + delta
+        timings["total"] = time.perf_counter() - t0
+        res = UnlearnResult(delta=delta, w_new=w_new, w_old=self.w.clone(), form="woodbury", strategy=self.src.strategy, space="forget",
+                            loss="mse", scale=1.0, reasons={"form": "Unlearner: prepared factor of H = G_D + λI, forget-space system"},
+                            solves=ctx.solves, timings=timings,
+                            info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n, "p": self.peft.p})
+        # commit the state only now
+        self.forgotten = all_f
+        self.w = w_new
+        self.history.append(res)
+        if apply:
+            self.apply()
+        return res
+
+    def apply(self) -> None:
+        """Write the current unlearned weights into the model."""
+        self.peft.write(self.w)
+
+    @property
+    def retained(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n), self.forgotten)
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader=None, *, ridge: float = 1e-3, peft=None, **kwargs):
+    """NeurIPS 2023 unlearning-challenge signature: ``unlearning(net, retain, forget, val) -> net``.
+
+    Unlearns the BatchNorm affine parameters of ``net`` (a copy; ``net`` itself is
+    not modified) with the Newton form linearized at the trained weights, and
+    returns the unlearned copy.  ``val_loader`` is accepted for compatibility and
+    unused.
+    """
+    import copy
+
+    from .peft import BatchNormPeft
+
+    def collect(loader, name):
+        xs, ys = [], []
+        for item in loader:
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                raise DataError(f"the {name} loader must yield (inputs, labels) batches")
+            xs.append(item[0])
+            ys.append(item[1])
+        if not xs:
+            raise ForgetSetError(f"the {name} loader is empty")
+        return torch.cat(xs), torch.cat(ys).long()
+
+    new = copy.deepcopy(net).eval()
+    peft = BatchNormPeft(new) if peft is None else type(peft)(new)
+    retain = collect(retain_loader, "retain")
+    forget = collect(forget_loader, "forget")
+    kwargs.setdefault("linearize_at", "trained")
+    unlearn(new, peft, retain, forget, ridge=ridge, inplace=True, **kwargs)
+    return new
