@@ -688,6 +688,7 @@ def _retain_ce_loss_and_grad(peft, X_r, y_r, w, w_bar, lam, batch_size, need_gra
             l = torch.nn.functional.cross_entropy(f(wv, xb), yb, reduction="sum")
             (g,) = torch.autograd.grad(l, wv)
             grad += g
+            l = l.detach()
         else:
             with torch.no_grad():
                 l = torch.nn.functional.cross_entropy(f(w, xb), yb, reduction="sum")

@@ -1,1 +1,44 @@
+"""Krylov solvers, eigensolvers and preconditioners for any symmetric LinearOperator.
 
+Nothing here knows about neural networks (see STYLE.md): the operators of MATH.md (NTK
+``Θ_SS + λI``, Gauss–Newton ``G_S + λI``) are just LinearOperators to these functions.
+Convergence everywhere: ‖b − A x‖₂ ≤ max(rtol‖b‖₂, atol), checked on the recomputed true residual.
+"""
+from __future__ import annotations
+
+from ._linop import NUMBA_CROSSOVER_N, as_operator, make_system
+from ._numba_kernels import HAVE_NUMBA
+from .cg import block_cg, cg
+from .lanczos import eigsh, estimate_condition, lanczos
+from .minres import minres
+from .multishift import choose_ridge, multishift_cg
+from .precond import (
+    DeflationPreconditioner,
+    IdentityPreconditioner,
+    JacobiPreconditioner,
+    NystromPreconditioner,
+    make_preconditioner,
+)
+from .result import MultiShiftResult, SolveResult
+
+__all__ = [
+    "SolveResult",
+    "MultiShiftResult",
+    "cg",
+    "block_cg",
+    "minres",
+    "multishift_cg",
+    "choose_ridge",
+    "eigsh",
+    "lanczos",
+    "estimate_condition",
+    "JacobiPreconditioner",
+    "NystromPreconditioner",
+    "DeflationPreconditioner",
+    "IdentityPreconditioner",
+    "make_preconditioner",
+    "as_operator",
+    "make_system",
+    "HAVE_NUMBA",
+    "NUMBA_CROSSOVER_N",
+]

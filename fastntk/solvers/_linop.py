@@ -34,8 +34,10 @@ from ..errors import (
 BACKENDS = ("auto", "scipy", "numba", "cupy")
 ON_FAIL = ("raise", "warn", "ignore")
 
-# Crossover for backend="auto" on CPU (see benchmarks/results/numba_kernels.md, measured on the
-# 2-core CI box): the fused Numba PCG updates beat NumPy from this n on.  Below it, SciPy's CG
+# Crossover for backend="auto" on CPU (benchmarks/results/numba_kernels.md, 2-core box shared with
+# other jobs, so noisy): fused CG update numba/numpy speed-up 1.2-1.55x at n=1e4..1e6, Jacobi-PCG
+# update 1.7-3.0x; at n=1e3 parallel Numba lost badly under CPU contention (10 ms vs 9 µs), and at
+# n<1e5 the vector work is negligible next to a matvec, so the conservative crossover is 1e5.  Below it, SciPy's CG
 # (NumPy vector updates, negligible overhead) is used.  Overwritten only by re-measuring.
 NUMBA_CROSSOVER_N = 100_000
 

@@ -1,0 +1,292 @@
+"""Truth tests of MATH.md: w_trained + Δ equals the ridge fit on D_r, for every form and strategy."""
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fastntk.errors import (
+    ConvergenceError,
+    DataError,
+    ForgetSetError,
+    InvalidInputError,
+    ModelStateError,
+    NumericalError,
+    PeftError,
+    ShapeError,
+)
+from fastntk.operators import StreamingJacobian
+from fastntk.peft import BatchNormPeft, NamedPeft
+from fastntk.unlearn import Unlearner, unlearn, unlearning
+from tests.conftest import linear_model, tiny_bn_cnn
+
+
+class LinearizedBNCNN(torch.nn.Module):
+    """The linearization of a small BN CNN in its BN+head params: f̄(x) + J(x)(w − w̄)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        base = tiny_bn_cnn(seed)
+        self.peft0 = BatchNormPeft(base, include_head=True)
+        self.f = self.peft0.functional()
+        self.w_bar = self.peft0.vector().clone()
+        self.w = torch.nn.Parameter(self.w_bar.clone())
+
+    def forward(self, x):
+        out, jv = torch.func.jvp(lambda w: self.f(w, x), (self.w_bar,), (self.w - self.w_bar,))
+        return out + jv
+
+
+def ridge_fit(peft, X, y, w_bar, lam, C, scale=1.0):
+    """Dense reference: w̄ + (JᵀJ + λI)⁻¹ Jᵀ z with numpy.linalg.solve."""
+    src = StreamingJacobian(peft, X, w=w_bar)
+    J = src.dense().numpy()
+    z = (torch.nn.functional.one_hot(y, C).double() * scale).reshape(-1).numpy() - src.outputs().reshape(-1).numpy()
+    return w_bar + torch.from_numpy(np.linalg.solve(J.T @ J + lam * np.eye(J.shape[1]), J.T @ z))
+
+
+def make_problem(kind, n, seed, C=3):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "linear":
+        m = linear_model(seed, C=C)
+        peft = NamedPeft(m, ["1.*"])
+        X = torch.randn(n, 12, dtype=torch.float64, generator=g)
+    else:
+        m = LinearizedBNCNN(seed).double().eval()
+        peft = NamedPeft(m, ["w"])
+        X = torch.randn(n, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    return m, peft, X, y
+
+
+def forget_split(n, y, mode, frac, seed):
+    rng = np.random.default_rng(seed)
+    if mode == "class":
+        f = np.flatnonzero(y.numpy() == int(y[0]))
+    else:
+        k = max(1, min(n // 2, int(round(frac * n))))
+        f = np.sort(rng.choice(n, size=k, replace=False))
+    r = np.setdiff1d(np.arange(n), f)
+    return r, f
+
+
+def rel_err(w, w_ref, w_D):
+    return float((w - w_ref).norm() / max(float((w_ref - w_D).norm()), 1e-300))
+
+
+@settings(deadline=None, max_examples=10, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["linear", "cnn"]),
+    n=st.integers(6, 16),
+    seed=st.integers(0, 10_000),
+    lam=st.floats(1e-2, 10.0),
+    mode=st.sampled_from(["random", "class"]),
+    frac=st.floats(0.01, 0.5),
+)
+def test_truth_every_form_equals_retain_fit(kind, n, seed, lam, mode, frac):
+    m, peft, X, y = make_problem(kind, n, seed)
+    r, f = forget_split(n, y, mode, frac, seed)
+    if r.size == 0:
+        return
+    w0 = peft.vector().clone()
+    wD = ridge_fit(peft, X, y, w0, lam, 3)
+    wR = ridge_fit(peft, X[r], y[r], w0, lam, 3)
+    peft.write(wD)
+    for form in ("dual", "primal", "woodbury", "dense"):
+        for strategy in ("stream", "cached"):
+            if form == "dual" and strategy == "stream" and kind == "cnn":
+                continue  # nested CG over a streamed jvp-model: minutes; covered by the linear model and by cached
+            res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form=form, strategy=strategy, rtol=1e-12)
+            assert rel_err(res.w_new, wR, wD) <= 1e-8, (form, strategy)
+            assert res.form == form and res.strategy == strategy
+    # the model itself was not modified (inplace=False)
+    assert torch.equal(peft.vector(), wD)
+
+
+@pytest.mark.parametrize("strategy", ["stream", "cached"])
+def test_sequential_requests_equal_one_combined_request(strategy):
+    n, lam = 30, 0.5
+    m, peft, X, y = make_problem("cnn", n, 3)
+    w0 = peft.vector().clone()
+    wD = ridge_fit(peft, X, y, w0, lam, 3)
+    peft.write(wD)
+    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, strategy=strategy, rtol=1e-12).prepare()
+    reqs = [[1, 7], [3], [10, 11, 12, 20], [25]]
+    for q in reqs:
+        u.forget(q)
+    allf = np.sort(np.concatenate(reqs))
+    r = np.setdiff1d(np.arange(n), allf)
+    wR = ridge_fit(peft, X[r], y[r], w0, lam, 3)
+    assert rel_err(u.w, wR, wD) <= 1e-8
+    one = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, strategy=strategy).prepare()
+    one.forget(allf)
+    assert rel_err(u.w, one.w, wD) <= 1e-8
+    assert torch.equal(peft.vector(), wD)  # nothing written without apply()
+    u.apply()
+    assert torch.equal(peft.vector(), u.w)
+    np.testing.assert_array_equal(u.retained, r)
+
+
+def test_zero_influence_gives_zero_delta():
+    """Forget samples whose Jacobian rows vanish (all-zero inputs into a bias-free head feature) -> Δ = 0."""
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3, bias=False)).double().eval()
+    peft = NamedPeft(m, ["1.weight"])
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 4, dtype=torch.float64, generator=g)
+    X[[2, 5]] = 0.0
+    y = torch.randint(0, 3, (10,), generator=g)
+    w0 = peft.vector().clone()
+    lam = 0.3
+    wD = ridge_fit(peft, X, y, w0, lam, 3)
+    peft.write(wD)
+    r = np.setdiff1d(np.arange(10), [2, 5])
+    for form in ("dual", "primal", "woodbury"):
+        res = unlearn(m, peft, (X[r], y[r]), (X[[2, 5]], y[[2, 5]]), ridge=lam, w0=w0, form=form, rtol=1e-12)
+        assert float(res.delta.abs().max()) <= 1e-10
+
+
+def test_auto_form_choice_and_reasons():
+    m, peft, X, y = make_problem("linear", 20, 0)
+    w0 = peft.vector().clone()
+    r, f = np.arange(15), np.arange(15, 20)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.1, w0=w0)
+    # p = 63 > n_r·C = 45 -> dual
+    assert res.form == "dual" and "kernel space" in res.reasons["form"]
+    res = unlearn(m, peft, (X[:3], y[:3]), (X[f], y[f]), ridge=0.1, w0=w0)
+    assert res.form == "dual"
+    m2, peft2, X2, y2 = make_problem("linear", 60, 0)
+    res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), ridge=0.1, w0=peft2.vector())
+    assert res.form == "primal" and res.space == "primal"
+
+
+def test_scale_options_and_inplace():
+    m, peft, X, y = make_problem("linear", 20, 1)
+    w0 = peft.vector().clone()
+    wD = ridge_fit(peft, X, y, w0, 0.2, 3)
+    peft.write(wD + 0.01)  # not exactly converged
+    r, f = np.arange(16), np.arange(16, 20)
+    base = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, form="primal", rtol=1e-10)
+    half = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, form="primal", scale=0.5, rtol=1e-10)
+    torch.testing.assert_close(half.w_new, base.w_old + 0.5 * base.delta)
+    tr = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, form="primal", scale="trapezium", rtol=1e-10)
+    assert np.isfinite(tr.scale) and tr.scale > 0 and "trapezium" in tr.reasons["scale"]
+    before = peft.vector().clone()
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, inplace=True, form="primal", rtol=1e-10)
+    assert torch.equal(peft.vector(), res.w_new) and not torch.equal(before, res.w_new)
+
+
+def test_ce_step_is_damped_and_lowers_retain_loss():
+    m = tiny_bn_cnn(0)
+    peft = BatchNormPeft(m, include_head=True)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(24, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (24,), generator=g)
+    r, f = np.arange(18), np.arange(18, 24)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1e-3, loss="ce", linearize_at="trained", rtol=1e-8)
+    ls = res.solves["line search"]
+    assert ls["loss_after"] <= ls["loss_before"]
+    assert 0 < ls["step"] <= 1
+
+
+def test_mean_ridge_convention_is_close_for_large_n():
+    m, peft, X, y = make_problem("linear", 40, 2)
+    w0 = peft.vector().clone()
+    r, f = np.arange(36), np.arange(36, 40)
+    lam = 0.01
+    wD = ridge_fit(peft, X, y, w0, lam * 40, 3)
+    peft.write(wD)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", ridge_convention="mean", rtol=1e-12)
+    assert res.info["ridge_effective"] == pytest.approx(lam * 36)
+    wR = ridge_fit(peft, X[r], y[r], w0, lam * 36, 3)
+    # the primal step uses n_r·λ for the retain fit, the model was fitted with n·λ: approximate only
+    assert rel_err(res.w_new, wR, wD) < 0.5
+
+
+def _hash_model(model):
+    h = hashlib.sha256()
+    for k, t in list(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_interrupt_and_nonconvergence_leave_the_model_unchanged():
+    m, peft, X, y = make_problem("cnn", 20, 4)
+    w0 = peft.vector().clone()
+    peft.write(w0 + 0.05)
+    h = _hash_model(m)
+    r, f = np.arange(15), np.arange(15, 20)
+
+    def boom(xk):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1e-6, w0=w0, form="primal", callback=boom, inplace=True)
+    assert _hash_model(m) == h
+    with pytest.raises(ConvergenceError):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1e-8, w0=w0, form="primal", maxiter=1, rtol=1e-14, inplace=True)
+    assert _hash_model(m) == h
+
+
+def test_bad_inputs_raise_typed_errors_before_work():
+    m, peft, X, y = make_problem("linear", 12, 0)
+    w0 = peft.vector().clone()
+    R, F = (X[:8], y[:8]), (X[8:], y[8:])
+    ok = dict(ridge=0.1, w0=w0)
+    with pytest.raises(ForgetSetError):
+        unlearn(m, peft, R, (X[:0], y[:0]), **ok)
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, R, F, ridge=-1.0, w0=w0)
+    with pytest.raises(InvalidInputError, match="singular"):
+        unlearn(m, peft, R, F, ridge=0.0, w0=w0, form="primal")  # p = 63 > n_r·C = 24: G_r singular
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, R, F, rtol=0.0, **ok)
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, R, F, maxiter=0, **ok)
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, R, F, form="magic", **ok)
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, R, F, ridge=0.1)  # no w0
+    Xn = X.clone()
+    Xn[0, 0] = float("nan")
+    with pytest.raises(DataError):
+        unlearn(m, peft, (Xn[:8], y[:8]), F, **ok)
+    with pytest.raises(DataError):
+        unlearn(m, peft, R, (X[8:], y[8:] + 5), **ok)
+    with pytest.raises(ShapeError):
+        unlearn(m, peft, R, F, ridge=0.1, w0=torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(PeftError):
+        unlearn(linear_model(1), peft, R, F, **ok)
+    bn = tiny_bn_cnn()
+    bn.train()
+    with pytest.raises(ModelStateError):
+        unlearn(bn, BatchNormPeft(bn), (torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long)),
+                (torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, dtype=torch.long)), ridge=0.1, linearize_at="trained")
+    with torch.no_grad():
+        m[1].weight[0, 0] = float("inf")
+    with pytest.raises(NumericalError):
+        unlearn(m, peft, R, F, **ok)
+
+
+def test_unlearner_bad_requests():
+    m, peft, X, y = make_problem("linear", 10, 0)
+    u = Unlearner(m, peft, (X, y), ridge=0.1, w0=peft.vector()).prepare()
+    for bad in ([], [10], [-1], [1, 1], np.arange(10), [0.5]):
+        with pytest.raises(ForgetSetError):
+            u.forget(bad)
+    u.forget([1])
+    with pytest.raises(ForgetSetError, match="already"):
+        u.forget([1])
+
+
+def test_challenge_signature_returns_a_new_net():
+    m = tiny_bn_cnn(0)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(16, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (16,), generator=g)
+    dl = lambda a, b: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(a, b), batch_size=5)
+    before = _hash_model(m)
+    new = unlearning(m, dl(X[:12], y[:12]), dl(X[12:], y[12:]), None, ridge=0.1)
+    assert _hash_model(m) == before
+    assert new is not m and _hash_model(new) != before
