@@ -1,0 +1,338 @@
+"""The paper's experiment as a tool: pretrain → PEFT fine-tune → forget → compare with retraining.
+
+:func:`run_experiment` takes an :class:`ExperimentConfig` and returns a dict
+with every method's metrics (RA, FA, UA, TA, MIA, activation distances), its
+avg gap to the gold-standard retrain, the noise floor (a second retrain with
+another seed), and wall times; :func:`write_report` writes JSON + Markdown +
+a PNG plot atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError, InvalidInputError, PeftError
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["ExperimentConfig", "build_model", "load_dataset", "run_experiment", "write_report"]
+
+
+@dataclass
+class ExperimentConfig:
+    """Every knob of one experiment (CLI flags and TOML keys have the same names)."""
+
+    # data
+    dataset: str = "digits"  # digits | fashion_mnist | cifar10 | folder
+    data_dir: str | None = None
+    image_size: int = 16
+    limit: int | None = None  # cap on fine-tuning training images
+    pretrain_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    finetune_classes: list[int] = field(default_factory=lambda: [5, 6, 7, 8, 9])
+    test_fraction: float = 0.2
+    # model
+    model: str = "resnet10t"
+    pretrained: bool = False
+    peft: str = "batchnorm"  # batchnorm | prompt
+    num_prompts: int = 4
+    include_head: bool = True
+    pretrain_epochs: int = 3
+    pretrain_lr: float = 2e-3
+    # fine-tuning recipe (replayed exactly by retraining)
+    finetune: str = "linearized"  # linearized | standard
+    finetune_loss: str = "mse"
+    epochs: int = 5
+    lr: float = 1e-2
+    batch_size: int = 64
+    ridge: float = 1.0
+    target_scale: float = 1.0
+    # forgetting
+    forget: str = "random"  # random | class
+    forget_fraction: float = 0.1
+    forget_class: int = 0
+    # unlearning
+    form: str = "auto"
+    unlearn_loss: str = "mse"
+    linearize_at: str = "w0"
+    strategy: str = "auto"
+    memory_budget: float = 2e9
+    rtol: float = 1e-6
+    preconditioner: str = "none"
+    scale: float | None = None
+    baselines: list[str] = field(default_factory=lambda: ["FT", "GA", "NegGrad+"])
+    seed: int = 0
+    out_dir: str = "runs/demo"
+    cache_dir: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExperimentConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_toml(cls, path) -> "ExperimentConfig":
+        import tomllib
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            d = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+        return cls.from_dict(d.get("experiment", d))
+
+    def validate(self) -> "ExperimentConfig":
+        if self.dataset not in ("digits", "fashion_mnist", "cifar10", "folder"):
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose digits, fashion_mnist, cifar10 or folder")
+        if self.forget not in ("random", "class"):
+            raise ConfigError(f"forget must be 'random' or 'class', got {self.forget!r}")
+        if self.forget == "random" and not (0 < self.forget_fraction < 1):
+            raise ConfigError(f"forget_fraction must lie in (0, 1), got {self.forget_fraction}")
+        if self.forget == "class" and not (0 <= self.forget_class < len(self.finetune_classes)):
+            raise ConfigError(f"forget_class must lie in [0, {len(self.finetune_classes)}) (fine-tuning classes are relabelled 0..k-1)")
+        if self.finetune not in ("linearized", "standard"):
+            raise ConfigError(f"finetune must be 'linearized' or 'standard', got {self.finetune!r}")
+        if self.peft not in ("batchnorm", "prompt"):
+            raise ConfigError(f"peft must be 'batchnorm' or 'prompt', got {self.peft!r}")
+        for b in self.baselines:
+            if b not in ("FT", "GA", "NegGrad+", "dense"):
+                raise ConfigError(f"unknown baseline {b!r}; choose from FT, GA, NegGrad+, dense")
+        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 4:
+            raise ConfigError("epochs, batch_size must be >= 1 and image_size >= 4")
+        out = Path(self.out_dir)
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"output path {str(out)!r} is a file; pass a directory with --out")
+        return self
+
+
+def build_model(name: str, num_classes: int, *, pretrained: bool = False, seed: int = 0, img_size: int | None = None):
+    """A timm model (``zero_init_last=False`` for ResNets so the BN-only NTK is not degenerate)."""
+    import timm
+
+    if not timm.list_models(name) and name not in timm.list_models(pretrained=False):
+        raise ConfigError(f"unknown timm model {name!r}; see timm.list_models()")
+    torch.manual_seed(seed)
+    kwargs = dict(pretrained=pretrained, num_classes=num_classes)
+    if "vit" in name and img_size is not None:
+        kwargs.update(img_size=img_size)
+    try:
+        return timm.create_model(name, zero_init_last=False, **kwargs)
+    except TypeError:
+        return timm.create_model(name, **kwargs)
+    except Exception as e:  # pretrained weights need the internet
+        if pretrained:
+            raise ConfigError(f"cannot load pretrained weights for {name!r} ({str(e).splitlines()[0]}); run with pretrained=false offline") from None
+        raise
+
+
+def load_dataset(cfg: ExperimentConfig):
+    """(pretrain set, fine-tune train set, fine-tune test set), images at ``cfg.image_size``."""
+    from . import data as D
+
+    if cfg.dataset == "digits":
+        full = D.load_digits(size=cfg.image_size)
+    elif cfg.dataset == "fashion_mnist":
+        full = D.load_fashion_mnist("train", data_dir=cfg.data_dir, size=cfg.image_size)
+    elif cfg.dataset == "cifar10":
+        if cfg.data_dir is None:
+            raise DataError("cifar10 needs data_dir (a folder with cifar-10-batches-py, or where to download it)")
+        full = D.load_cifar10(cfg.data_dir, train=True, size=cfg.image_size)
+    else:
+        if cfg.data_dir is None:
+            raise DataError("dataset 'folder' needs data_dir (an ImageFolder root: one sub-folder per class)")
+        full = D.load_image_folder(cfg.data_dir, size=cfg.image_size)
+    pre = D.split_by_classes(full, cfg.pretrain_classes)
+    ft = D.split_by_classes(full, cfg.finetune_classes)
+    train, test = D.train_test_split(ft, cfg.test_fraction, seed=cfg.seed)
+    if cfg.limit is not None and len(train) > cfg.limit:
+        train = train.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.limit, replace=False)))
+    return pre, train, test
+
+
+def _cache_key(cfg: ExperimentConfig) -> str:
+    keys = ("dataset", "image_size", "pretrain_classes", "model", "pretrained", "pretrain_epochs", "pretrain_lr", "seed")
+    s = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(s.encode()).hexdigest()[:16]
+
+
+def _pretrained_backbone(cfg: ExperimentConfig, pre, progress: bool):
+    """Pretrain the backbone on the pretraining classes (cached as safetensors)."""
+    from .io import load_model_state, save_model_state
+    from .train import pretrain
+
+    model = build_model(cfg.model, len(cfg.pretrain_classes), pretrained=cfg.pretrained, seed=cfg.seed, img_size=cfg.image_size)
+    cache = Path(cfg.cache_dir or os.environ.get("FASTNTK_CACHE", Path.home() / ".cache" / "fastntk"))
+    ck = cache / f"backbone-{cfg.model}-{_cache_key(cfg)}.safetensors"
+    t = time.perf_counter()
+    if ck.is_file():
+        load_model_state(ck, model)
+        log.info("fastntk: backbone loaded from cache %s", ck)
+        return model, 0.0, str(ck)
+    if not cfg.pretrained:
+        pretrain(model, pre, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        save_model_state(ck, model)
+    except OSError as e:  # a read-only home is not fatal
+        log.warning("fastntk: cannot cache the backbone (%s)", e)
+    return model, time.perf_counter() - t, str(ck)
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    """Run the whole pipeline; return a JSON-able dict of results (see module doc)."""
+    from . import baselines as B
+    from .metrics import avg_gap, evaluate
+    from .peft import BatchNormPeft, PromptPeft
+    from .train import finetune_peft
+    from .unlearn import unlearn
+
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    progress = cfg.progress
+    pre, train, test = load_dataset(cfg)
+    k = len(cfg.finetune_classes)
+    # ---------------------------------------------------------------- backbone + PEFT set
+    backbone, t_pre, ck = _pretrained_backbone(cfg, pre, progress)
+    torch.manual_seed(cfg.seed + 1)
+    backbone.reset_classifier(k)
+    backbone.eval()
+    if cfg.peft == "batchnorm":
+        peft = BatchNormPeft(backbone, include_head=cfg.include_head)
+    else:
+        if not hasattr(backbone, "blocks"):
+            raise PeftError(f"peft='prompt' needs a ViT; {cfg.model!r} is not one (use peft='batchnorm')")
+        peft = PromptPeft(backbone, num_prompts=cfg.num_prompts, seed=cfg.seed, include_head=cfg.include_head)
+    model = peft.model.eval()
+    w0 = peft.vector().clone()
+    log.info("fastntk: %s, PEFT %s with p = %d, |D| = %d, |test| = %d", cfg.model, cfg.peft, peft.p, len(train), len(test))
+    # ---------------------------------------------------------------- forget split
+    from .data import make_forget_split
+
+    if cfg.forget == "random":
+        r_idx, f_idx = make_forget_split(train.y, fraction=cfg.forget_fraction, seed=cfg.seed)
+    else:
+        r_idx, f_idx = make_forget_split(train.y, classes=[cfg.forget_class])
+    retain, forget = train.subset(r_idx), train.subset(f_idx)
+    # ---------------------------------------------------------------- fine-tune, retrain (gold), noise floor
+    linearized = cfg.finetune == "linearized"
+    recipe = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, loss=cfg.finetune_loss, ridge=cfg.ridge,
+                  target_scale=cfg.target_scale, linearized=linearized, progress=progress)
+    ft = finetune_peft(peft, train, w0=w0, seed=cfg.seed, desc="fine-tune", **recipe)
+    w_trained = ft.w.clone()
+    gold = B.retrain(peft, train, f_idx, w0=w0, seed=cfg.seed, **recipe)
+    floor = B.retrain(peft, train, f_idx, w0=w0, seed=cfg.seed + 1000, **{**recipe, "desc": "retrain (seed 2)"})
+    peft.write(w_trained)
+    lin = w0 if linearized else None
+    ev = lambda w: evaluate(peft, w, retain, forget, test, reference_w=gold.w, linearize_at=lin, seed=cfg.seed)
+    rows: dict = {}
+    times: dict = {"pretrain": t_pre, "finetune": ft.seconds, "retrain": gold.seconds}
+    rows["original"] = ev(w_trained)
+    rows["retrain"] = ev(gold.w)
+    rows["retrain (seed 2)"] = ev(floor.w)
+    # ---------------------------------------------------------------- Fast-NTK
+    t = time.perf_counter()
+    res = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=cfg.ridge, w0=w0,
+                  linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
+                  scale=cfg.scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
+                  preconditioner=cfg.preconditioner, progress=progress)
+    times["Fast-NTK"] = time.perf_counter() - t
+    rows["Fast-NTK"] = ev(res.w_new)
+    # ---------------------------------------------------------------- cheap baselines
+    brecipe = dict(batch_size=cfg.batch_size, loss=cfg.finetune_loss, target_scale=cfg.target_scale, progress=progress)
+    if "FT" in cfg.baselines:
+        b = B.finetune_retain(peft, train, f_idx, w_trained=w_trained, w0=w0, epochs=max(1, cfg.epochs // 4), lr=cfg.lr,
+                              ridge=cfg.ridge, linearized=linearized, seed=cfg.seed, **brecipe)
+        rows["FT"], times["FT"] = ev(b.w), b.seconds
+    if "GA" in cfg.baselines:
+        b = B.gradient_ascent(peft, train, f_idx, w_trained=w_trained, epochs=1, lr=cfg.lr * 0.1, seed=cfg.seed,
+                              batch_size=cfg.batch_size, progress=progress)
+        rows["GA"], times["GA"] = ev(b.w), b.seconds
+    if "NegGrad+" in cfg.baselines:
+        b = B.neggrad_plus(peft, train, f_idx, w_trained=w_trained, epochs=1, lr=cfg.lr, seed=cfg.seed,
+                           batch_size=cfg.batch_size, progress=progress)
+        rows["NegGrad+"], times["NegGrad+"] = ev(b.w), b.seconds
+    if "dense" in cfg.baselines:
+        t = time.perf_counter()
+        d = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=cfg.ridge, w0=w0, form="dense",
+                    linearize_at=cfg.linearize_at, target_scale=cfg.target_scale, strategy="stream")
+        times["dense NTK"] = time.perf_counter() - t
+        rows["dense NTK"] = ev(d.w_new)
+    peft.write(w_trained)  # the pipeline leaves the fine-tuned model as it found it
+    gold_m = rows["retrain"]
+    for name, m in rows.items():
+        m["avg_gap"] = avg_gap(m, gold_m)
+        m["seconds"] = times.get(name, float("nan"))
+        m["time_ratio"] = times.get(name, float("nan")) / max(gold.seconds, 1e-12)
+    return {
+        "config": dataclasses.asdict(cfg),
+        "sizes": {"n_train": len(train), "n_retain": int(r_idx.size), "n_forget": int(f_idx.size), "n_test": len(test), "p": peft.p, "C": k},
+        "noise_floor": rows["retrain (seed 2)"]["avg_gap"],
+        "methods": rows,
+        "unlearn": res.summary(),
+        "backbone_checkpoint": ck,
+    }
+
+
+def results_markdown(result: dict) -> str:
+    from .metrics import MetricsTable
+
+    cols = ["UA", "RA", "TA", "MIA", "AD_f", "avg_gap", "seconds", "time_ratio"]
+    t = MetricsTable(cols)
+    for name, m in result["methods"].items():
+        t.add(name, m)
+    s = result["sizes"]
+    u = result["unlearn"]
+    head = (f"n_train={s['n_train']}, n_forget={s['n_forget']}, p={s['p']}, C={s['C']}; "
+            f"Fast-NTK form={u['form']} strategy={u['strategy']} ({u['reasons'].get('form', '')}); "
+            f"noise floor (retrain vs retrain, other seed) = {result['noise_floor']:.2f} pp\n\n")
+    return head + t.to_markdown() + "\n\nUA, TA, MIA, RA in %; avg_gap = mean |metric − retrain| over UA, RA, TA, MIA in pp (lower is better); " \
+        "AD_f = activation distance to retrain on D_f (lower is better); time_ratio = seconds ÷ retrain seconds.\n"
+
+
+def write_report(result: dict, out_dir) -> dict:
+    """Write ``results.json``, ``results.md`` and ``results.png`` atomically into ``out_dir``."""
+    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"output path {str(out)!r} is a file; pass a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(atomic_write_json(out / "results.json", result)), "md": str(atomic_write_text(out / "results.md", results_markdown(result)))}
+    try:
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = list(result["methods"])
+        gaps = [result["methods"][n]["avg_gap"] for n in names]
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.bar(names, gaps, color=["#888" if n.startswith("retrain") or n == "original" else "#2a7" if n == "Fast-NTK" else "#47a" for n in names])
+        ax.axhline(result["noise_floor"], ls="--", c="k", lw=1, label="noise floor")
+        ax.set_ylabel("avg gap to retrain (pp)")
+        ax.legend()
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        paths["png"] = str(atomic_write_bytes(out / "results.png", buf.getvalue()))
+    except Exception as e:  # plotting is optional
+        log.warning("fastntk: plot not written (%s)", e)
+    return paths
