@@ -56,11 +56,71 @@ def _bn_args(input, running_mean, running_var, weight=None, bias=None, training=
     return input, running_mean, running_var, weight, bias, training, eps
 
 
+def _pair(x):
+    return list(x) if isinstance(x, (tuple, list)) else [int(x), int(x)]
+
+
+class _Conv2dLinearJvp(torch.autograd.Function):
+    """``conv2d`` whose forward-mode rule computes only the convolutions it needs.
+
+    torch's built-in rule (``convolution_jvp``) evaluates ``conv(x_t, W) + conv(x, W_t)``
+    with a zero ``W_t`` materialized for a frozen weight: one wasted convolution per
+    layer in every tangent pass.  Here ``W_t`` / ``b_t`` enter only when defined.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, W, b, stride, padding, dilation, groups):
+        return torch.conv2d(x, W, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, W, b, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, W)
+        ctx.save_for_forward(x, W)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.has_bias = b is not None
+
+    @staticmethod
+    def jvp(ctx, x_t, W_t, b_t, *_):
+        x, W = ctx.saved_tensors
+        st, pa, di, gr = ctx.conf
+        out = None
+        if x_t is not None:
+            out = torch.conv2d(x_t, W, None, st, pa, di, gr)
+        if W_t is not None:
+            o2 = torch.conv2d(x, W_t, b_t, st, pa, di, gr)
+            out = o2 if out is None else out + o2
+        elif b_t is not None:
+            o2 = b_t.view(1, -1, 1, 1)
+            out = o2.expand(x.shape[0], -1, *([1] * 2)) if out is None else out + o2
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        st, pa, di, gr = ctx.conf
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        gi, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, W, [W.shape[0]] if ctx.has_bias else None, _pair(st), _pair(pa), _pair(di), False, [0, 0], gr,
+            [nx, nw, nb and ctx.has_bias],
+        )
+        return gi, gw, gb, None, None, None, None
+
+
 class _AffineBatchNorm(TorchFunctionMode):
-    """Rewrite eval-mode ``F.batch_norm`` (running statistics) as ``x·s + t``."""
+    """Rewrite eval-mode ``F.batch_norm`` (running statistics) as ``x·s + t``
+    and route ``conv2d`` (numeric padding) through :class:`_Conv2dLinearJvp`."""
+
+    def __init__(self, conv: bool = True):
+        super().__init__()
+        self.conv = conv
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.conv and func is torch.conv2d and not kwargs and len(args) == 7 and not isinstance(args[4], str):
+            return _Conv2dLinearJvp.apply(*args)
         if func is F.batch_norm:
             x, rm, rv, g, b, training, eps = _bn_args(*args, **kwargs)
             if not training and rm is not None and rv is not None and x.ndim >= 2:
@@ -95,9 +155,22 @@ def gmat_batch_reference(f, w, xb, V):
 
 
 def gmat_batch_affine_bn(f, w, xb, V):
-    """:func:`gmat_batch_reference` with eval BatchNorm rewritten as an affine map."""
+    """:func:`gmat_batch_reference` with eval BatchNorm rewritten as an affine map
+    (and no ``vmap`` when ``k == 1``)."""
     with _AffineBatchNorm():
+        if V.shape[1] == 1:
+            return _gmat_batch_single(f, w, xb, V[:, 0])[None]
         return gmat_batch_reference(f, w, xb, V)
+
+
+def _gmat_batch_single(f, w, xb, v):
+    """One vector: ``vjp`` of a ``jvp``, no ``vmap`` (returns (p,))."""
+
+    def fwd(w_):
+        return jvp(lambda u: f(u, xb), (w_,), (v,))
+
+    out, vjp_fn, Jv = vjp(fwd, w, has_aux=True)
+    return vjp_fn(Jv)[0]
 
 
 def gmat_batch_jacobian(f, w, xb, V, *, chunk: int = 32, affine_bn: bool = True):
