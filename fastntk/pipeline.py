@@ -64,6 +64,8 @@ class ExperimentConfig:
     unlearn_loss: str = "mse"
     linearize_at: str = "w0"
     strategy: str = "auto"
+    solver: str = "auto"
+    gradient: str = "forget"
     memory_budget: float = 2e9
     rtol: float = 1e-6
     preconditioner: str = "none"
@@ -248,6 +250,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     res = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=cfg.ridge, w0=w0,
                   linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
                   scale=cfg.scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
+                  solver=cfg.solver, gradient=cfg.gradient,
                   preconditioner=cfg.preconditioner, progress=progress)
     times["Fast-NTK"] = time.perf_counter() - t
     rows["Fast-NTK"] = ev(res.w_new)

@@ -357,10 +357,84 @@ def _forget_residual(src_f, y_f_targets, w_trained, w_bar):
     return r
 
 
-def _delta_primal(src_r, src_f, r_f, ridge_r, ctx):
-    H_r = GGNLinearOperator(src_r, ridge_r)
+def _delta_primal(src_r, src_f, r_f, ridge_r, ctx, *, direct=False, g_extra=None):
+    """``Δ = (G_r + λI)⁻¹ (J_fᵀ r_f [+ g_extra])`` by CG or by a direct factorization."""
     g = src_f.jtmat(r_f.unsqueeze(1))[:, 0]
+    if g_extra is not None:
+        g = g + g_extra
+    if direct:
+        return _solve_primal_direct(src_r, g, ridge_r, ctx, "H_r Δ = J_fᵀ r_f")
+    H_r = GGNLinearOperator(src_r, ridge_r)
     return ctx.solve(H_r, g, "H_r Δ = J_fᵀ r_f", key=("H", id(src_r), ridge_r))
+
+
+def _chunks(n, size):
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _jv64(J, v, rows=4096):
+    """``J v`` in float64, row chunks (no float64 copy of the whole ``J``)."""
+    return torch.cat([J[a:b].double() @ v for a, b in _chunks(J.shape[0], rows)])
+
+
+def _jtv64(J, u, rows=4096):
+    out = torch.zeros(J.shape[1], *u.shape[1:], dtype=torch.float64, device=J.device)
+    for a, b in _chunks(J.shape[0], rows):
+        out += J[a:b].double().T @ u[a:b]
+    return out
+
+
+def gram64(J, *, side="params", rows=4096):
+    """``JᵀJ`` (side="params", p × p) or ``JJᵀ`` (side="samples", nC × nC) in float64, chunked."""
+    if side == "params":
+        G = torch.zeros(J.shape[1], J.shape[1], dtype=torch.float64, device=J.device)
+        for a, b in _chunks(J.shape[0], rows):
+            Jc = J[a:b].double()
+            G += Jc.T @ Jc
+        return G
+    K = torch.zeros(J.shape[0], J.shape[0], dtype=torch.float64, device=J.device)
+    for a, b in _chunks(J.shape[1], max(1, int(2e8 // max(1, 8 * J.shape[0])))):
+        Jc = J[:, a:b].double()
+        K += Jc @ Jc.T
+    return K
+
+
+def _solve_primal_direct(src, g, lam, ctx, name):
+    """``(JᵀJ + λI)⁻¹ g`` with a float64 Cholesky factor in the smaller space.
+
+    ``p ≤ nC``: factor ``H = JᵀJ + λI`` (p × p).  ``nC < p``: push-through,
+    ``(JᵀJ + λI)⁻¹ g = (g − Jᵀ (JJᵀ + λI)⁻¹ J g) / λ`` with ``JJᵀ + λI`` (nC × nC).
+    Needs the cached ``J``.  The true residual ``‖(JᵀJ + λI) x − g‖`` is recorded.
+    """
+    t = time.perf_counter()
+    J = src.J
+    gd = g.double()
+    m, p = J.shape
+    if p <= m or lam <= 0:
+        H = gram64(J, side="params")
+        H.diagonal().add_(lam)
+        L, info = torch.linalg.cholesky_ex(H)
+        if int(info) != 0:
+            raise NumericalError(f"G_r + λI is not positive definite (λ = {lam}); increase the ridge")
+        x = torch.cholesky_solve(gd.unsqueeze(1), L)[:, 0]
+        res = float((H @ x - gd).norm())
+        space = f"primal (p = {p})"
+    else:
+        K = gram64(J, side="samples")
+        K.diagonal().add_(lam)
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            raise NumericalError(f"Θ_rr + λI is not positive definite (λ = {lam}); increase the ridge")
+        x = (gd - _jtv64(J, torch.cholesky_solve(_jv64(J, gd).unsqueeze(1), L)[:, 0])) / lam
+        res = float((_jtv64(J, _jv64(J, x)) + lam * x - gd).norm())
+        space = f"kernel (nC = {m})"
+    tol = max(ctx.rtol * float(gd.norm()), 0.0)
+    ctx.solves[name] = {"method": f"cholesky, {space} space", "backend": "torch", "iterations": 0, "matvecs": 2,
+                        "true_residual": res, "tolerance": tol, "converged": res <= tol or res == 0.0,
+                        "seconds": time.perf_counter() - t}
+    if not res <= max(tol, 1e3 * torch.finfo(torch.float64).eps * float(gd.norm())):
+        raise NumericalError(f"direct solve {name!r}: residual {res:.3e} above tolerance {tol:.3e} (ill-conditioned); increase the ridge")
+    return x.to(g.dtype)
 
 
 class _DenseFactor:
@@ -445,11 +519,14 @@ def _trapezium_scale(delta, w_trained, w_ret_abs):
 # ======================================================================================
 # the public function
 # ======================================================================================
-def _choose_form(form, n_r, n_f, C, p, have_factor):
+def _choose_form(form, n_r, n_f, C, p, have_factor, direct=False):
     if form != "auto":
         return form, f"form={form!r} requested"
     if have_factor:
         return "woodbury", "a prepared factor of H = G_D + λI exists: only the n_fC forget-space system is solved"
+    if direct:
+        return "primal", (f"J is cached and min(p, n_r·C) = {min(p, n_r * C)} is small: Newton step with a direct "
+                          f"Cholesky solve in the {'parameter' if p <= n_r * C else 'kernel'} space")
     if p <= n_r * C:
         return "primal", f"p = {p} ≤ n_r·C = {n_r * C}: the parameter space is the smaller one"
     return "dual", f"n_r·C = {n_r * C} < p = {p}: the kernel space is the smaller one"
@@ -472,6 +549,9 @@ def unlearn(
     strategy: str = "auto",
     memory_budget: float | None = 2e9,
     batch_size: int = 128,
+    solver: str = "auto",
+    direct_limit: int = 16384,
+    gradient: str = "forget",
     preconditioner: str | None = "none",
     precond_rank: int = 50,
     rtol: float = 1e-6,
@@ -503,8 +583,16 @@ def unlearn(
         the identities between forms then hold only approximately).
     strategy, memory_budget : Jacobian strategy (``"stream"``, ``"cached"``, ``"auto"``: cache ``J`` when
         ``nC·p`` floats fit ``memory_budget`` bytes).
+    solver : ``"cg"`` (matrix-free Krylov, :func:`fastntk.solvers.cg`), ``"direct"`` (float64 Cholesky in the
+        smaller of the two spaces, needs the cached ``J``) or ``"auto"`` (direct when ``J`` is cached and
+        ``min(p, n_r·C) ≤ direct_limit``, else CG).
+    gradient : primal form only.  ``"forget"``: ``Δ = (G_r + λI)⁻¹ J_fᵀ (f_lin(X_f; w) − Y_f)`` (MATH.md; assumes
+        the trained weights fit the linearized model on ``D``); ``"retain"``: ``Δ = −(G_r + λI)⁻¹ ∇L_r(w)`` with the
+        full retain gradient ``∇L_r(w) = J_rᵀ(f_lin(X_r; w) − Y_r) + λ(w − w̄)`` -- lands on the retain fit from
+        any starting point (one more pass over ``D_r``).
     preconditioner : ``"none" | "jacobi" | "nystrom"`` (rank ``precond_rank``); rtol / maxiter / backend /
-        on_fail / callback go to :func:`fastntk.solvers.cg`.
+        on_fail / callback go to :func:`fastntk.solvers.cg`.  With a float32 model and streamed operators the
+        CG tolerance is floored at 1e-4 (float32 matvecs cannot certify less; logged).
     inplace : write ``w_new`` into the model, only after everything succeeded.
 
     Returns
@@ -558,7 +646,23 @@ def unlearn(
     _check_labels(y_f, C, "forget")
     n_r, n_f, p = X_r.shape[0], X_f.shape[0], peft.p
     lam_r = lam * n_r if ridge_convention == "mean" else lam
-    chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False)
+    if solver not in ("auto", "cg", "direct"):
+        raise InvalidInputError(f"solver must be 'auto', 'cg' or 'direct', got {solver!r}")
+    if gradient not in ("forget", "retain"):
+        raise InvalidInputError(f"gradient must be 'forget' or 'retain', got {gradient!r}")
+    from .operators import jacobian_bytes
+
+    need_r = jacobian_bytes(n_r, C, p, peft.dtype)
+    will_cache = strategy == "cached" or (strategy == "auto" and (memory_budget is None or need_r <= float(memory_budget)))
+    if solver == "direct" and not will_cache:
+        raise InvalidInputError("solver='direct' needs the cached Jacobian: use strategy='cached' (or 'auto' with a larger memory_budget)")
+    direct = solver == "direct" or (solver == "auto" and will_cache and min(p, n_r * C) <= int(direct_limit))
+    reasons["solver"] = ("direct Cholesky (cached J, min(p, n_r·C) = %d ≤ %d)" % (min(p, n_r * C), direct_limit)) if direct else "conjugate gradients (matrix-free)"
+    if peft.dtype == torch.float32 and not will_cache and rtol < 1e-4:
+        log.info("fastntk: float32 streamed operators: CG rtol raised from %g to 1e-4", rtol)
+        reasons["rtol"] = f"float32 streamed operators: rtol raised from {rtol:g} to 1e-4"
+        rtol = 1e-4
+    chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False, direct=direct)
     reasons["form"] = why
     if lam_r <= 0 and (chosen == "dual" and n_r * C > p or chosen in ("primal", "woodbury") and p > n_r * C):
         raise InvalidInputError(
@@ -599,7 +703,16 @@ def unlearn(
             space = "dual"
         elif chosen == "primal":
             r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
-            delta = _delta_primal(src_r, src_f, r_f, lam_r, ctx)
+            g_extra = None
+            if gradient == "retain":
+                # −∇L_r(w) = J_rᵀ(Y_r − f_lin(X_r; w)) − λ(w − w̄); with J_fᵀ r_f dropped: use r_f = 0
+                r_f = torch.zeros_like(r_f)
+                d = (w_trained - w_bar).unsqueeze(1)
+                z = Y_r - src_r.outputs().reshape(-1) - src_r.jmat(d)[:, 0]
+                g_extra = src_r.jtmat(z.unsqueeze(1))[:, 0] - lam_r * d[:, 0]
+            if direct and not hasattr(src_r, "J"):
+                raise InvalidInputError("solver='direct' needs strategy='cached'")
+            delta = _delta_primal(src_r, src_f, r_f, lam_r, ctx, direct=direct, g_extra=g_extra)
             space = "primal"
         elif chosen == "woodbury":
             if lam <= 0:

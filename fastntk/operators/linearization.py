@@ -200,11 +200,22 @@ class StreamingJacobian(_SourceBase):
         return acc.T.contiguous()
 
     def gmat(self, V: torch.Tensor) -> torch.Tensor:
-        """``Jᵀ J V``: (p, k) -> (p, k), shared forward per batch."""
+        """``Jᵀ J V``: (p, k) -> (p, k), shared forward per batch.
+
+        MSE: :func:`fastntk.operators._fast_ggn.gmat_batch` (vjp of jvp with
+        cheaper BatchNorm/conv forward-mode rules for few vectors; per-sample
+        Jacobians for ``k ≥ C/2``, see ``benchmarks/results/matvec.md``).
+        CE: vjp of a vmapped jvp with ``Λ_i`` applied between them.
+        """
+        from ._fast_ggn import gmat_batch
+
         k = V.shape[1]
         acc = torch.zeros(k, self.p, dtype=self.dtype, device=self.device)
         for s, e, xb in self._batches():
-            acc += self._gmat_batch(xb, V).detach()
+            if self.loss == "mse":
+                acc += gmat_batch(self.f, self.w, xb, V, C=self.C).detach()
+            else:
+                acc += self._gmat_batch(xb, V).detach()
         return acc.T.contiguous()
 
     def outputs(self) -> torch.Tensor:
