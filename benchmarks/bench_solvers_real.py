@@ -1,7 +1,7 @@
 """Solvers on the REAL Gauss-Newton (primal) and NTK (dual) operators of a BN-only CNN.
 
 Model: timm ``resnet10t`` (random init, ``zero_init_last=False``; BN affine params only, head
-excluded), Fashion-MNIST 32×32×3, n images (500 quick / 1000 full).  ``J`` is computed once in
+excluded), Fashion-MNIST 32×32×3, n images (250 quick / 1000 full).  ``J`` is computed once in
 float32 by autodiff (cached strategy) and then promoted to float64, so every matvec is a GEMV
 and the solvers run in float64 (rtol 1e-6 is below float32's useful accuracy for CG).
 
@@ -47,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--arch", default="resnet10t")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
-    n = args.n or (500 if args.quick else 1000)
+    n = args.n or (250 if args.quick else 1000)
     torch.manual_seed(0)
     import timm
 
@@ -72,6 +72,32 @@ def main(argv=None):
             "k": k_eig, "seconds": t_eig}
     print(f"spectrum of G: λ1={lmax:.4g} λ10={evals[9]:.4g} λ{k_eig}={evals[k_eig - 1]:.4g} ({t_eig:.1f}s)", flush=True)
 
+    def write(partial):
+        meta = dict(arch=args.arch, peft="BN affine only (head excluded), random init", n=src.n, C=src.C, p=src.p,
+                    dtype="J by float32 autodiff, solves in float64", rtol=1e-6, quick=args.quick, partial=partial,
+                    jacobian_seconds=t_jac, load=os.getloadavg())
+        title = (f"Solvers to rtol 1e-6 on the real operators of {args.arch} BN-only (random init), "
+                 f"Fashion-MNIST n={src.n} at 32×32 (p={src.p:,}, nC={src.n * src.C:,}); matvecs include the "
+                 f"preconditioner build (in parentheses)")
+        md = to_markdown(rows, title)
+        md += (f"\nSpectrum of G (= nonzero spectrum of Θ), top-{k_eig} by eigsh: λ1 = {spec['lambda1']:.4g}, "
+               f"λ10 = {spec['lambda10']:.4g}, λ{k_eig} = {spec['lambda100']:.4g} "
+               f"(λ1/λ10 = {spec['lambda1'] / spec['lambda10']:.1f}, λ1/λ100 = {spec['lambda1'] / spec['lambda100']:.0f}).\n")
+        md += "\n| problem | plain CG matvecs | best preconditioned | its matvecs | ratio (target ≤ 0.33) |\n|---|---:|---|---:|---:|\n"
+        for s in summary:
+            md += (f"| {s['problem']} | {s['cg_matvecs']} | {s['best']} | {s['best_matvecs']} | "
+                   f"{s['ratio']:.2f} |\n" if s["best"] else f"| {s['problem']} | {s['cg_matvecs']} | none converged | | |\n")
+        payload = dict(meta=meta, spectrum=spec, top_eigenvalues=evals.tolist(), rows=rows, summary=summary)
+        if write_results is not None:
+            write_results("solvers_real", payload, md, args.out)
+        else:  # pragma: no cover
+            import json
+
+            os.makedirs(args.out, exist_ok=True)
+            json.dump(payload, open(os.path.join(args.out, "solvers_real.json"), "w"), indent=1)
+            open(os.path.join(args.out, "solvers_real.md"), "w").write(md)
+        return md
+
     rng = np.random.default_rng(0)
     rows, summary = [], []
     for opname, A, dim in (("GGN primal G+λI", G, src.p), ("NTK dual Θ+λI", K, src.n * src.C)):
@@ -92,30 +118,9 @@ def main(argv=None):
                                 best_matvecs=best["matvecs"] if best else None,
                                 ratio=(best["matvecs"] / cg_mv) if best else None))
             rows += rr
+            write(True)
 
-    meta = dict(arch=args.arch, peft="BN affine only (head excluded), random init", n=src.n, C=src.C, p=src.p,
-                dtype="J by float32 autodiff, solves in float64", rtol=1e-6, quick=args.quick,
-                jacobian_seconds=t_jac, load=os.getloadavg())
-    title = (f"Solvers to rtol 1e-6 on the real operators of {args.arch} BN-only (random init), "
-             f"Fashion-MNIST n={src.n} at 32×32 (p={src.p:,}, nC={src.n * src.C:,}); matvecs include the "
-             f"preconditioner build (in parentheses)")
-    md = to_markdown(rows, title)
-    md += (f"\nSpectrum of G (= nonzero spectrum of Θ), top-{k_eig} by eigsh: λ1 = {spec['lambda1']:.4g}, "
-           f"λ10 = {spec['lambda10']:.4g}, λ{k_eig} = {spec['lambda100']:.4g} "
-           f"(λ1/λ10 = {spec['lambda1'] / spec['lambda10']:.1f}, λ1/λ100 = {spec['lambda1'] / spec['lambda100']:.0f}).\n")
-    md += "\n| problem | plain CG matvecs | best preconditioned | its matvecs | ratio (target ≤ 0.33) |\n|---|---:|---|---:|---:|\n"
-    for s in summary:
-        md += (f"| {s['problem']} | {s['cg_matvecs']} | {s['best']} | {s['best_matvecs']} | "
-               f"{s['ratio']:.2f} |\n" if s["best"] else f"| {s['problem']} | {s['cg_matvecs']} | none converged | | |\n")
-    payload = dict(meta=meta, spectrum=spec, top_eigenvalues=evals.tolist(), rows=rows, summary=summary)
-    if write_results is not None:
-        write_results("solvers_real", payload, md, args.out)
-    else:  # pragma: no cover
-        import json
-
-        os.makedirs(args.out, exist_ok=True)
-        json.dump(payload, open(os.path.join(args.out, "solvers_real.json"), "w"), indent=1)
-        open(os.path.join(args.out, "solvers_real.md"), "w").write(md)
+    md = write(False)
     print(md)
     return 0
 

@@ -7,7 +7,8 @@ EXCLUDED (p = 9,600), float32, Fashion-MNIST 32×32×3, n images (5,000 full / 5
 Runs, in this order (so the process high-water RSS grows monotonically with the runs):
   1. one epoch of ``finetune_peft`` over the retain set (MSE, lr 1e-3, batch 128) — the yardstick;
   2. ``unlearn(form="primal", strategy="stream")`` — CG over matrix-free G_r + λI;
-  3. ``unlearn(form="primal", strategy="cached")`` — J_r, J_f cached, CG on GEMVs;
+  3. ``unlearn(form="primal", strategy="cached")`` — J_r, J_f cached: with ``solver="cg"`` (CG on
+     GEMVs) and with the default ``solver="auto"`` (dense Cholesky of G_r + λI, p×p);
   4. ``Unlearner(strategy="cached").prepare()`` (J_D + dense Cholesky of G_D + λI, p×p) then one
      ``.forget(idx)`` of the same 10 % (Woodbury, forget space).
 Ridge: λ = rel·λmax(G_r) with rel = 1e-3 (``--ridge-rel``); λmax is estimated by 30 Lanczos steps
@@ -104,12 +105,12 @@ def main(argv=None):
     log_row(dict(run="fine-tune 1 epoch (retain)", jacobian=None, factor=None, solve=None, total=t_ft, matvecs=None,
                  iterations=None, peak_rss_mb=pr.peak / 2**20, maxrss_mb=maxrss_mb(), note=""))
 
-    def one(strategy, maxiter=None):
+    def one(strategy, maxiter=None, solver="auto"):
         with PeakRSS() as pr, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t = time.perf_counter()
             res = unlearn(model, peft, (Xr, yr), (Xf, yf), ridge=ridge, w0=w0, form="primal", strategy=strategy,
-                          memory_budget=budget, rtol=1e-6, maxiter=maxiter, on_fail="warn")
+                          memory_budget=budget, rtol=1e-6, maxiter=maxiter, on_fail="warn", solver=solver)
             wall = time.perf_counter() - t
         tm = res.timings
         iters = sum(int(getattr(s, "iterations", 0)) for s in res.solves.values())
@@ -120,9 +121,11 @@ def main(argv=None):
 
     # ---- 2. stream (capped) — needs the cached iteration count to extrapolate, so run a probe first
     _, st = one("stream", maxiter=stream_cap)
-    # ---- 3. cached
-    res_c, ca = one("cached")
-    ca_row = dict(run="unlearn primal, cached", **ca, note=f"strategy={res_c.strategy}")
+    # ---- 3. cached: CG on GEMVs, then the default (solver="auto": direct Cholesky of G_r + λI when p ≤ 16384)
+    _, ca = one("cached", solver="cg")
+    ca_row = dict(run="unlearn primal, cached, CG", **ca, note="solver='cg'")
+    res_c, cd = one("cached")
+    cd_row = dict(run="unlearn primal, cached, direct", **cd, note="solver='auto' → " + str(res_c.reasons.get("solver", "")))
     st_row = dict(run="unlearn primal, stream", **st, note="measured")
     if not st["converged"] and st["iterations"] > 0:
         per_it = st["solve"] / st["iterations"]
@@ -135,6 +138,7 @@ def main(argv=None):
         st_row["iterations"] = ca["iterations"]
     log_row(st_row)
     log_row(ca_row)
+    log_row(cd_row)
     delta_c = res_c.delta.double()
     del res_c
 

@@ -362,10 +362,33 @@ def _delta_primal(src_r, src_f, r_f, ridge_r, ctx, *, direct=False, g_extra=None
     g = src_f.jtmat(r_f.unsqueeze(1))[:, 0]
     if g_extra is not None:
         g = g + g_extra
+    name = "H_r Δ = J_fᵀ r_f"
     if direct:
-        return _solve_primal_direct(src_r, g, ridge_r, ctx, "H_r Δ = J_fᵀ r_f")
-    H_r = GGNLinearOperator(src_r, ridge_r)
-    return ctx.solve(H_r, g, "H_r Δ = J_fᵀ r_f", key=("H", id(src_r), ridge_r))
+        delta = _solve_primal_direct(src_r, g, ridge_r, ctx, name)
+    else:
+        H_r = GGNLinearOperator(src_r, ridge_r)
+        delta = ctx.solve(H_r, g, name, key=("H", id(src_r), ridge_r))
+    _check_norm_bound(delta, g, ridge_r, ctx.solves.get(name), name)
+    return delta
+
+
+def _check_norm_bound(x, b, lam, solve, name):
+    """Guard rail: for ``(G + λI) x = b + r`` with ``‖r‖`` the certified residual, ``‖x‖ ≤ (‖b‖ + ‖r‖)/λ``.
+
+    A violation means the solve exploded (non-PSD operator, overflow): raise, never write.
+    """
+    if lam <= 0 or solve is None:
+        return
+    r = float(solve.get("true_residual", 0.0) if isinstance(solve, dict) else np.max(solve.true_residual))
+    bound = (float(b.double().norm()) + r) / lam
+    nx = float(x.double().norm())
+    if not math.isfinite(nx) or nx > bound * (1 + 1e-4) + 1e-30:
+        raise NumericalError(f"{name}: ‖Δ‖ = {nx:.3e} exceeds the bound (‖b‖ + ‖r‖)/λ = {bound:.3e}; the solve is unreliable "
+                             "(operator not PSD or overflow). Nothing was written")
+    if isinstance(solve, dict):
+        solve["norm_bound"] = bound
+    else:
+        solve.info["norm_bound"] = bound
 
 
 def _chunks(n, size):
@@ -875,7 +898,7 @@ class Unlearner:
         self.forgotten = np.zeros(0, dtype=np.int64)
         self.w = peft.vector()  # current (unlearned) weights; the model is touched only by apply()
         self.prepared = False
-        self.history: list[UnlearnResult] = []
+        self.history: list[dict] = []  # summaries only: the state does not grow with requests beyond the forgotten ids
 
     def prepare(self) -> "Unlearner":
         """Build the Jacobian source of ``D``, ``f̄_D`` and the factor of ``H = G_D + λI``."""
@@ -953,7 +976,7 @@ class Unlearner:
         # commit the state only now
         self.forgotten = all_f
         self.w = w_new
-        self.history.append(res)
+        self.history.append(res.summary())
         if apply:
             self.apply()
         return res

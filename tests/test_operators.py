@@ -208,3 +208,19 @@ def test_dataset_input():
     ds = torch.utils.data.TensorDataset(X, torch.zeros(5, dtype=torch.long))
     V = torch.randn(peft.p, 2, dtype=torch.float64)
     torch.testing.assert_close(StreamingJacobian(peft, ds, batch_size=2).gmat(V), StreamingJacobian(peft, X).gmat(V), rtol=1e-11, atol=1e-12)
+
+
+def test_ggn_of_a_model_with_nested_forward_ad_falls_back_correctly():
+    """An explicitly linearized network (jvp inside its forward) defeats the fast conv/BN rules: the operator
+    must detect it and still equal the dense reference."""
+    from tests.test_unlearn import make_problem
+
+    m, peft, X, y = make_problem("cnn", 5, 2)
+    src = StreamingJacobian(peft, X, batch_size=2)
+    J = src.dense()
+    V = torch.randn(peft.p, 1, dtype=torch.float64)
+    torch.testing.assert_close(src.gmat(V), J.T @ (J @ V), rtol=1e-10, atol=1e-10)
+    assert src._fast_ok is False
+    bn = StreamingJacobian(BatchNormPeft(tiny_bn_cnn(0)), X)
+    bn.gmat(torch.randn(bn.p, 1, dtype=torch.float64))
+    assert bn._fast_ok is True

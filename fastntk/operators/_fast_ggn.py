@@ -211,7 +211,7 @@ def gmat_batch_dual(f, w, xb, V, *, affine_bn: bool = True):
     return torch.stack(rows)
 
 
-def gmat_batch(f, w, xb, V, *, jac_threshold: int | None = None, C: int | None = None):
+def gmat_batch(f, w, xb, V, *, jac_threshold: int | None = None, C: int | None = None, fast: bool = True):
     """Best per-batch ``(J_bᵀ J_b V)ᵀ`` found (MSE): (p, k) -> (k, p).
 
     ``k < jac_threshold`` (default ``max(2, C // 2)``, C the number of outputs):
@@ -225,7 +225,22 @@ def gmat_batch(f, w, xb, V, *, jac_threshold: int | None = None, C: int | None =
         jac_threshold = max(2, C // 2)
     if k >= jac_threshold:
         return gmat_batch_jacobian(f, w, xb, V)
-    return gmat_batch_affine_bn(f, w, xb, V)
+    return gmat_batch_affine_bn(f, w, xb, V) if fast else gmat_batch_reference(f, w, xb, V)
+
+
+def fast_rules_agree(f, w, x, *, seed: int = 0) -> tuple[bool, float]:
+    """Check the rewritten forward-mode rules against plain ``torch.func`` on a couple of samples.
+
+    Models that nest their own forward-mode AD (e.g. an explicitly linearized
+    network) can defeat the conv/BatchNorm rewrites; callers fall back to the
+    reference product when this returns ``False``.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(w.shape[0], 1, generator=g, dtype=torch.float64).to(w.dtype).to(w.device)
+    ref = gmat_batch_reference(f, w, x, v)
+    new = gmat_batch_affine_bn(f, w, x, v)
+    err = float((new - ref).norm() / max(float(ref.norm()), 1e-300))
+    return err <= 1e3 * torch.finfo(w.dtype).eps, err
 
 
 def _num_outputs(f, w, xb) -> int:

@@ -207,13 +207,17 @@ class StreamingJacobian(_SourceBase):
         Jacobians for ``k ≥ C/2``, see ``benchmarks/results/matvec.md``).
         CE: vjp of a vmapped jvp with ``Λ_i`` applied between them.
         """
-        from ._fast_ggn import gmat_batch
+        from ._fast_ggn import fast_rules_agree, gmat_batch
 
         k = V.shape[1]
         acc = torch.zeros(k, self.p, dtype=self.dtype, device=self.device)
         for s, e, xb in self._batches():
             if self.loss == "mse":
-                acc += gmat_batch(self.f, self.w, xb, V, C=self.C).detach()
+                if getattr(self, "_fast_ok", None) is None:
+                    self._fast_ok, err = fast_rules_agree(self.f, self.w, xb[:2])
+                    log.info("fastntk: fast forward-mode rules %s (rel. diff %.1e vs torch.func)",
+                             "used" if self._fast_ok else "disabled for this model", err)
+                acc += gmat_batch(self.f, self.w, xb, V, C=self.C, fast=self._fast_ok).detach()
             else:
                 acc += self._gmat_batch(xb, V).detach()
         return acc.T.contiguous()
