@@ -138,10 +138,18 @@ def _ascent_loop(
     optimizer: str,
     progress: bool,
     desc: str,
+    linearize_at: torch.Tensor | None = None,
 ) -> TrainLog:
-    """GA (``alpha=None``: minimise −CE on D_f) or NegGrad+ (``α·CE(D_r) − (1−α)·CE(D_f)``)."""
+    """GA (``alpha=None``: minimise −CE on D_f) or NegGrad+ (``α·CE(D_r) − (1−α)·CE(D_f)``).
+
+    With ``linearize_at=w̄`` the linearized model ``f(x; w̄) + J(x)(w − w̄)`` is trained (after linearized fine-tuning).
+    """
+    from .train import _linearized
+
     w = peft.check_vector(w_trained, name="w_trained").detach().clone().requires_grad_(True)
     f = peft.functional()
+    if linearize_at is not None:
+        f = _linearized(f, peft.check_vector(linearize_at, name="linearize_at").detach())
     X, y = data.X.to(peft.dtype), data.y
     opt = _make_optimizer([w], optimizer, lr)
     log = TrainLog(n_samples=len(forget) if alpha is None else len(data),
@@ -191,12 +199,14 @@ def gradient_ascent(
     optimizer: str = "adam",
     progress: bool = True,
     write: bool = False,
+    linearize_at: torch.Tensor | None = None,
 ) -> BaselineResult:
     """GA: gradient ascent on the mean CE of ``D_f`` from ``w_trained`` (``epochs`` passes)."""
     retain, forget = _split(data, forget_idx)
     with _preserved(peft, write) as box:
         log = _ascent_loop(peft, data, retain, forget, w_trained=w_trained, alpha=None, epochs=epochs, lr=lr,
-                           batch_size=batch_size, seed=seed, optimizer=optimizer, progress=progress, desc="GA")
+                           batch_size=batch_size, seed=seed, optimizer=optimizer, progress=progress, desc="GA",
+                           linearize_at=linearize_at)
         box["w"] = log.w
     return BaselineResult(log.w, log.seconds, "GA", log)
 
@@ -215,6 +225,7 @@ def neggrad_plus(
     optimizer: str = "adam",
     progress: bool = True,
     write: bool = False,
+    linearize_at: torch.Tensor | None = None,
 ) -> BaselineResult:
     """NegGrad+: descend ``α·CE(D_r batch) − (1−α)·CE(D_f batch)``, ``α ∈ [0, 1]``, over D_r epochs."""
     if not (0.0 <= float(alpha) <= 1.0):
@@ -222,6 +233,7 @@ def neggrad_plus(
     retain, forget = _split(data, forget_idx)
     with _preserved(peft, write) as box:
         log = _ascent_loop(peft, data, retain, forget, w_trained=w_trained, alpha=float(alpha), epochs=epochs, lr=lr,
-                           batch_size=batch_size, seed=seed, optimizer=optimizer, progress=progress, desc="NegGrad+")
+                           batch_size=batch_size, seed=seed, optimizer=optimizer, progress=progress, desc="NegGrad+",
+                           linearize_at=linearize_at)
         box["w"] = log.w
     return BaselineResult(log.w, log.seconds, "NegGrad+", log)

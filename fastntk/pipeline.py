@@ -65,7 +65,7 @@ class ExperimentConfig:
     linearize_at: str = "w0"
     strategy: str = "auto"
     solver: str = "auto"
-    gradient: str = "forget"
+    anchor: str = "fit"
     memory_budget: float = 2e9
     rtol: float = 1e-6
     preconditioner: str = "none"
@@ -250,7 +250,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     res = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=cfg.ridge, w0=w0,
                   linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
                   scale=cfg.scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
-                  solver=cfg.solver, gradient=cfg.gradient,
+                  solver=cfg.solver, anchor=cfg.anchor,
                   preconditioner=cfg.preconditioner, progress=progress)
     times["Fast-NTK"] = time.perf_counter() - t
     rows["Fast-NTK"] = ev(res.w_new)
@@ -262,11 +262,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         rows["FT"], times["FT"] = ev(b.w), b.seconds
     if "GA" in cfg.baselines:
         b = B.gradient_ascent(peft, train, f_idx, w_trained=w_trained, epochs=1, lr=cfg.lr * 0.1, seed=cfg.seed,
-                              batch_size=cfg.batch_size, progress=progress)
+                              batch_size=cfg.batch_size, progress=progress, linearize_at=lin)
         rows["GA"], times["GA"] = ev(b.w), b.seconds
     if "NegGrad+" in cfg.baselines:
         b = B.neggrad_plus(peft, train, f_idx, w_trained=w_trained, epochs=1, lr=cfg.lr, seed=cfg.seed,
-                           batch_size=cfg.batch_size, progress=progress)
+                           batch_size=cfg.batch_size, progress=progress, linearize_at=lin)
         rows["NegGrad+"], times["NegGrad+"] = ev(b.w), b.seconds
     if "dense" in cfg.baselines:
         t = time.perf_counter()

@@ -460,6 +460,36 @@ def _solve_primal_direct(src, g, lam, ctx, name):
     return x.to(g.dtype)
 
 
+class _SumGGN(TorchLinearOperator):
+    """``G_r + G_f + λI = G_D + λI`` from two Jacobian sources."""
+
+    symmetric = True
+
+    def __init__(self, src_r, src_f, ridge):
+        super().__init__((src_r.p, src_r.p), src_r.dtype, src_r.device)
+        self.src_r, self.src_f, self.ridge = src_r, src_f, float(ridge)
+
+    def _matmat(self, V):
+        return self.src_r.gmat(V) + self.src_f.gmat(V) + self.ridge * V
+
+
+def _fit_full(src_r, src_f, Y_r, Y_f, lam, ctx, direct):
+    """``w*_D − w̄ = (G_D + λI)⁻¹ (J_rᵀ z_r + J_fᵀ z_f)``: the linearized ridge fit on ``D = D_r ∪ D_f``."""
+    from .operators import CachedJacobian
+
+    z_r = Y_r - src_r.outputs().reshape(-1)
+    z_f = Y_f - src_f.outputs().reshape(-1)
+    b = src_r.jtmat(z_r.unsqueeze(1))[:, 0] + src_f.jtmat(z_f.unsqueeze(1))[:, 0]
+    name = "H_D (w*_D − w̄) = J_Dᵀ z_D"
+    if direct and hasattr(src_r, "J") and hasattr(src_f, "J"):
+        both = CachedJacobian(torch.cat([src_r.J, src_f.J]), torch.cat([src_r.outputs(), src_f.outputs()]), loss=src_r.loss)
+        x = _solve_primal_direct(both, b, lam, ctx, name)
+    else:
+        x = ctx.solve(_SumGGN(src_r, src_f, lam), b, name)
+    _check_norm_bound(x, b, lam, ctx.solves.get(name), name)
+    return x
+
+
 class _DenseFactor:
     """Cholesky factor of ``H = G_D + λI`` (p × p, float64), built from ``J`` in chunks."""
 
@@ -574,7 +604,7 @@ def unlearn(
     batch_size: int = 128,
     solver: str = "auto",
     direct_limit: int = 16384,
-    gradient: str = "forget",
+    anchor: str = "fit",
     preconditioner: str | None = "none",
     precond_rank: int = 50,
     rtol: float = 1e-6,
@@ -609,10 +639,14 @@ def unlearn(
     solver : ``"cg"`` (matrix-free Krylov, :func:`fastntk.solvers.cg`), ``"direct"`` (float64 Cholesky in the
         smaller of the two spaces, needs the cached ``J``) or ``"auto"`` (direct when ``J`` is cached and
         ``min(p, n_r·C) ≤ direct_limit``, else CG).
-    gradient : primal form only.  ``"forget"``: ``Δ = (G_r + λI)⁻¹ J_fᵀ (f_lin(X_f; w) − Y_f)`` (MATH.md; assumes
-        the trained weights fit the linearized model on ``D``); ``"retain"``: ``Δ = −(G_r + λI)⁻¹ ∇L_r(w)`` with the
-        full retain gradient ``∇L_r(w) = J_rᵀ(f_lin(X_r; w) − Y_r) + λ(w − w̄)`` -- lands on the retain fit from
-        any starting point (one more pass over ``D_r``).
+    anchor : what ``Δ`` is measured from (primal / woodbury forms; dual and dense are "fit" by construction).
+        ``"fit"`` (default, the paper's closed form): ``Δ = w*_{D_r} − w*_D``, the difference of the two ridge fits
+        of the linearized model from ``w̄``; computed as the Newton step from ``w*_D`` (one more solve with
+        ``G_D + λI``).  Every form then returns the same ``Δ``, and the error of fine-tuning (``w_trained −
+        w*_D``) is left in place, as it is in retraining.  ``"trained"``: MATH.md's primal form
+        ``Δ = (G_r + λI)⁻¹ J_fᵀ (f_lin(X_f; w_trained) − Y_f)`` (assumes ``w_trained = w*_D``).
+        ``"retain"``: ``Δ = −(G_r + λI)⁻¹ ∇L_r(w_trained)`` with the full retain gradient
+        ``J_rᵀ(f_lin(X_r; w) − Y_r) + λ(w − w̄)``: lands on ``w*_{D_r}`` from any start.
     preconditioner : ``"none" | "jacobi" | "nystrom"`` (rank ``precond_rank``); rtol / maxiter / backend /
         on_fail / callback go to :func:`fastntk.solvers.cg`.  With a float32 model and streamed operators the
         CG tolerance is floored at 1e-4 (float32 matvecs cannot certify less; logged).
@@ -671,8 +705,10 @@ def unlearn(
     lam_r = lam * n_r if ridge_convention == "mean" else lam
     if solver not in ("auto", "cg", "direct"):
         raise InvalidInputError(f"solver must be 'auto', 'cg' or 'direct', got {solver!r}")
-    if gradient not in ("forget", "retain"):
-        raise InvalidInputError(f"gradient must be 'forget' or 'retain', got {gradient!r}")
+    if anchor not in ("fit", "trained", "retain"):
+        raise InvalidInputError(f"anchor must be 'fit', 'trained' or 'retain', got {anchor!r}")
+    if anchor != "fit" and form in ("dual", "dense"):
+        raise InvalidInputError(f"form={form!r} computes w*_{{D_r}} − w*_D (anchor='fit'); use form='primal' for anchor={anchor!r}")
     from .operators import jacobian_bytes
 
     need_r = jacobian_bytes(n_r, C, p, peft.dtype)
@@ -686,6 +722,8 @@ def unlearn(
         reasons["rtol"] = f"float32 streamed operators: rtol raised from {rtol:g} to 1e-4"
         rtol = 1e-4
     chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False, direct=direct)
+    if form == "auto" and anchor != "fit" and chosen != "primal":
+        chosen, why = "primal", f"anchor={anchor!r} is defined as a Newton step in parameter space"
     reasons["form"] = why
     if lam_r <= 0 and (chosen == "dual" and n_r * C > p or chosen in ("primal", "woodbury") and p > n_r * C):
         raise InvalidInputError(
@@ -725,16 +763,19 @@ def unlearn(
             w_ret_abs = w_bar + w_ret
             space = "dual"
         elif chosen == "primal":
-            r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
             g_extra = None
-            if gradient == "retain":
-                # −∇L_r(w) = J_rᵀ(Y_r − f_lin(X_r; w)) − λ(w − w̄); with J_fᵀ r_f dropped: use r_f = 0
-                r_f = torch.zeros_like(r_f)
+            lam_D = lam * (n_r + n_f) if ridge_convention == "mean" else lam
+            if anchor == "fit":
+                dD = _fit_full(src_r, src_f, Y_r, Y_f, lam_D, ctx, direct)
+                r_f = src_f.outputs().reshape(-1) + src_f.jmat(dD.unsqueeze(1))[:, 0] - Y_f  # f_lin(X_f; w*_D) − Y_f
+            elif anchor == "trained":
+                r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
+            else:
+                # −∇L_r(w) = J_rᵀ(Y_r − f_lin(X_r; w)) − λ(w − w̄)
+                r_f = torch.zeros(src_f.nC, dtype=dt, device=dev)
                 d = (w_trained - w_bar).unsqueeze(1)
                 z = Y_r - src_r.outputs().reshape(-1) - src_r.jmat(d)[:, 0]
                 g_extra = src_r.jtmat(z.unsqueeze(1))[:, 0] - lam_r * d[:, 0]
-            if direct and not hasattr(src_r, "J"):
-                raise InvalidInputError("solver='direct' needs strategy='cached'")
             delta = _delta_primal(src_r, src_f, r_f, lam_r, ctx, direct=direct, g_extra=g_extra)
             space = "primal"
         elif chosen == "woodbury":
@@ -743,17 +784,25 @@ def unlearn(
             from .operators import CachedJacobian
 
             lam_D = lam * (n_r + n_f) if ridge_convention == "mean" else lam
-            r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
             # H = G_D + λI from both sources
             t2 = time.perf_counter()
             fac_r = _DenseFactor.__new__(_DenseFactor)
             Jr = src_r.dense()
             Jf = src_f.dense()
-            Gd = Jr.double().T @ Jr.double() + Jf.double().T @ Jf.double()
+            Gd = gram64(Jr) + gram64(Jf)
             Gd.diagonal().add_(lam_D)
             fac_r.L = torch.linalg.cholesky(Gd)
             fac_r.ridge, fac_r.p = lam_D, p
             timings["factor"] = time.perf_counter() - t2
+            if anchor == "fit":
+                z_r = (Y_r - src_r.outputs().reshape(-1)).double()
+                z_f = (Y_f - src_f.outputs().reshape(-1)).double()
+                dD = fac_r.solve((_jtv64(Jr, z_r) + _jtv64(Jf, z_f)).unsqueeze(1))[:, 0]
+                r_f = src_f.outputs().reshape(-1).double() + _jv64(Jf, dD) - Y_f.double()
+            elif anchor == "trained":
+                r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
+            else:
+                raise InvalidInputError("anchor='retain' is available with form='primal'")
             delta = _delta_woodbury(fac_r, Jf, r_f, ctx).to(dt)
             space = "forget"
         else:  # dense
@@ -871,12 +920,16 @@ class Unlearner:
     :meth:`forget` then costs work in the size of the (cumulative) forget set:
     the Woodbury form ``H_r⁻¹ = H⁻¹ + H⁻¹J_fᵀ(I − J_f H⁻¹ J_fᵀ)⁻¹J_f H⁻¹`` with
     ``J_f`` the rows of every sample forgotten so far.  Each request takes a
-    Newton step from the current weights, so a sequence of requests equals one
-    request with their union (exactly, for the linearized ridge fit).
+    Newton step from the current linearized fit (``anchor="fit"``: ``Δ_k = w*_{D∖F_k} − w*_{D∖F_{k−1}}``, which
+    telescopes, so a sequence of requests equals one request with their union whatever the fine-tuning did)
+    or from the current weights (``anchor="trained"``; exact when they are the fit).
     """
 
-    def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0,
+    def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0, anchor="fit",
                  strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False):
+        if anchor not in ("fit", "trained"):
+            raise InvalidInputError(f"anchor must be 'fit' or 'trained', got {anchor!r}")
+        self.anchor = anchor
         if linearize_at not in ("w0", "trained"):
             raise InvalidInputError(f"linearize_at must be 'w0' or 'trained', got {linearize_at!r}")
         self.lam = _check_scalar("ridge", ridge, positive=True)
@@ -911,6 +964,11 @@ class Unlearner:
         self.C = C
         self.factor = _DenseFactor(self.src, self.lam, progress=self.progress)
         self.outputs = self.src.outputs()
+        # the linearized ridge fit on D: w*_D = w̄ + H⁻¹ J_Dᵀ z_D  (the anchor of "fit" requests)
+        Y = _targets(self.y, C, self.target_scale, self.peft.dtype, self.peft.device)
+        z = (Y - self.outputs.reshape(-1)).unsqueeze(1)
+        g = self.src.jtmat(z)[:, 0] if not hasattr(self.src, "J") else _jtv64(self.src.J, z[:, 0].double())
+        self.w_fit = self.w_bar.double() + self.factor.solve(g.double().unsqueeze(1))[:, 0]
         self.prepare_seconds = time.perf_counter() - t
         self.prepared = True
         log.info("fastntk: Unlearner prepared (n=%d, p=%d, strategy=%s, factor %.2fs, total %.2fs)", self.n, self.src.p,
@@ -953,7 +1011,8 @@ class Unlearner:
         # residual of the NEW forget samples at the current weights: f_lin(X_f; w) − Y_f
         Y_f = _targets(torch.as_tensor(self.y[new_f]), self.C, self.target_scale, self.peft.dtype, self.peft.device)
         out_new = self.outputs[torch.as_tensor(new_f)].reshape(-1)
-        d = (self.w - self.w_bar).unsqueeze(1)
+        anchor_w = self.w_fit if self.anchor == "fit" else self.w
+        d = (anchor_w.to(self.peft.dtype) - self.w_bar).unsqueeze(1)
         r_f = out_new + (src_new.jmat(d)[:, 0]) - Y_f
         # Newton step for the retain set after this request: H_r = H − J_allᵀ J_all
         # Δ = H_r⁻¹ J_newᵀ r_f, expressed with the full-rows Jacobian (zeros for old rows).
@@ -976,6 +1035,7 @@ class Unlearner:
         # commit the state only now
         self.forgotten = all_f
         self.w = w_new
+        self.w_fit = self.w_fit + delta.double()
         self.history.append(res.summary())
         if apply:
             self.apply()

@@ -106,7 +106,7 @@ def test_truth_every_form_equals_retain_fit(kind, n, seed, lam, mode, frac):
     # the retain-gradient Newton step lands on the retain fit from ANY start (here: w0)
     peft.write(w0 + 0.1)
     for strategy in ("stream", "cached"):
-        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", gradient="retain",
+        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", anchor="retain",
                       strategy=strategy, rtol=1e-12)
         assert rel_err(res.w_new, wR, wD) <= 1e-8
     peft.write(wD)
@@ -301,3 +301,44 @@ def test_challenge_signature_returns_a_new_net():
     new = unlearning(m, dl(X[:12], y[:12]), dl(X[12:], y[12:]), None, ridge=0.1)
     assert _hash_model(m) == before
     assert new is not m and _hash_model(new) != before
+
+
+@pytest.mark.parametrize("kind", ["linear", "cnn"])
+def test_fit_anchor_is_the_paper_closed_form_for_unconverged_weights(kind):
+    """Trained weights away from the fit: every form with anchor='fit' returns Δ = w*_{D_r} − w*_D (the paper's
+    closed form); anchor='trained' (Newton from the actual weights) differs."""
+    n, lam = 16, 0.3
+    m, peft, X, y = make_problem(kind, n, 7)
+    w0 = peft.vector().clone()
+    wD = ridge_fit(peft, X, y, w0, lam, 3)
+    r, f = np.arange(12), np.arange(12, 16)
+    wR = ridge_fit(peft, X[r], y[r], w0, lam, 3)
+    peft.write(wD + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    want = wR - wD
+    forms = [("dual", "cached", "auto"), ("dense", "cached", "auto"), ("woodbury", "cached", "auto"),
+             ("primal", "cached", "direct"), ("primal", "cached", "cg"), ("primal", "stream", "cg")]
+    for form, strategy, solver in forms:
+        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form=form, strategy=strategy, solver=solver, rtol=1e-12)
+        assert float((res.delta - want).norm() / want.norm()) <= 1e-8, (form, strategy, solver)
+    tr = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", anchor="trained", rtol=1e-12)
+    assert float((tr.delta - want).norm() / want.norm()) > 1e-3
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="dual", anchor="trained")
+
+
+def test_unlearner_fit_anchor_telescopes_for_unconverged_weights():
+    n, lam = 24, 0.5
+    m, peft, X, y = make_problem("linear", n, 9)
+    w0 = peft.vector().clone()
+    wD = ridge_fit(peft, X, y, w0, lam, 3)
+    w_tr = wD + 0.1 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    peft.write(w_tr)
+    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0).prepare()
+    torch.testing.assert_close(u.w_fit, wD, rtol=1e-10, atol=1e-12)
+    for q in ([0, 5], [7], [10, 11, 12]):
+        u.forget(q)
+    allf = np.array([0, 5, 7, 10, 11, 12])
+    r = np.setdiff1d(np.arange(n), allf)
+    wR = ridge_fit(peft, X[r], y[r], w0, lam, 3)
+    # the fine-tuning error (w_tr − w*_D) is carried along, the unlearning step is exact
+    assert rel_err(u.w - (w_tr - wD), wR, wD) <= 1e-8
