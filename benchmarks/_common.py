@@ -159,10 +159,10 @@ def write_results(name: str, payload: dict, markdown: str, outdir: str | None = 
     payload.setdefault("written", time.strftime("%Y-%m-%d %H:%M:%S"))
     jp = os.path.join(outdir, f"{name}.json")
     mp = os.path.join(outdir, f"{name}.md")
-    with open(jp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
+    from fastntk.io import atomic_write_text  # files are written atomically (temp + rename)
+
+    atomic_write_text(jp, json.dumps(payload, indent=2, default=str))
     env = payload["environment"]
     envline = ", ".join(f"{k}={v}" for k, v in env.items())
-    with open(mp, "w") as fh:
-        fh.write(markdown.rstrip() + f"\n\nEnvironment: {envline}\n")
+    atomic_write_text(mp, markdown.rstrip() + f"\n\nEnvironment: {envline}\n")
     return jp, mp

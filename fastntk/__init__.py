@@ -14,6 +14,7 @@ _os.environ.setdefault("TIMM_FUSED_ATTN", "0")
 __version__ = "0.1.0"
 
 from . import errors  # noqa: E402,F401
+from . import models as _models  # noqa: E402,F401  (registers fastntk_cnn_* in timm)
 from .peft import BatchNormPeft, NamedPeft, PeftSet, PromptPeft, make_peft  # noqa: E402
 from .unlearn import Unlearner, UnlearnResult, unlearn, unlearning  # noqa: E402
 

@@ -490,6 +490,58 @@ def _fit_full(src_r, src_f, Y_r, Y_f, lam, ctx, direct):
     return x
 
 
+def _delta_fit_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx):
+    """``Δ = w*_{D_r} − w*_D`` from two ridge fits that share their Gram matrices (cached ``J``, float64).
+
+    Parameter space (``p ≤ n_r·C``): ``G_r = J_rᵀJ_r`` and ``G_f`` once; ``H_r = G_r + λI``, ``H_D = G_r + G_f + λI``.
+    Kernel space: ``K_DD = J_D J_Dᵀ`` once; ``K_rr`` is its leading principal block.
+    """
+    t = time.perf_counter()
+    Jr, Jf = src_r.J, src_f.J
+    z_r = (Y_r - src_r.outputs().reshape(-1)).double()
+    z_f = (Y_f - src_f.outputs().reshape(-1)).double()
+    m_r, p = Jr.shape
+    b_r = _jtv64(Jr, z_r)
+    b_D = b_r + _jtv64(Jf, z_f)
+    if p <= m_r:
+        G_r = gram64(Jr)
+        H_D = G_r + gram64(Jf)
+        H_D.diagonal().add_(lam_D)
+        G_r.diagonal().add_(lam_r)
+        out = {}
+        for key, H, b in (("D", H_D, b_D), ("r", G_r, b_r)):
+            L, info = torch.linalg.cholesky_ex(H)
+            if int(info) != 0:
+                raise NumericalError("G + λI is not positive definite; increase the ridge")
+            x = torch.cholesky_solve(b.unsqueeze(1), L)[:, 0]
+            out[key] = (x, float((H @ x - b).norm()), float(b.norm()))
+        space = f"parameter (p = {p})"
+    else:
+        JD = torch.cat([Jr, Jf])
+        K = gram64(JD, side="samples")
+        zD = torch.cat([z_r, z_f])
+        out = {}
+        for key, Ks, zs, Js, lam, b in (("D", K, zD, JD, lam_D, b_D), ("r", K[:m_r, :m_r], z_r, Jr, lam_r, b_r)):
+            Ks = Ks.clone()
+            Ks.diagonal().add_(lam)
+            L, info = torch.linalg.cholesky_ex(Ks)
+            if int(info) != 0:
+                raise NumericalError("Θ + λI is not positive definite; increase the ridge")
+            a = torch.cholesky_solve(zs.unsqueeze(1), L)[:, 0]
+            x = _jtv64(Js, a)  # w* − w̄ = Jᵀ (Θ + λI)⁻¹ z
+            res = float((_jtv64(Js, _jv64(Js, x)) + lam * x - b).norm())
+            out[key] = (x, res, float(b.norm()))
+        space = f"kernel (n_D·C = {JD.shape[0]})"
+    for key, name, lam in (("D", "H_D (w*_D − w̄) = J_Dᵀ z_D", lam_D), ("r", "H_r (w*_r − w̄) = J_rᵀ z_r", lam_r)):
+        x, res, bn = out[key]
+        tol = ctx.rtol * bn
+        ctx.solves[name] = {"method": f"cholesky, {space} space, shared Gram", "backend": "torch", "iterations": 0, "matvecs": 2,
+                            "true_residual": res, "tolerance": tol, "converged": res <= tol, "seconds": time.perf_counter() - t}
+        if not res <= max(tol, 1e3 * torch.finfo(torch.float64).eps * bn):
+            raise NumericalError(f"direct solve {name!r}: residual {res:.3e} above tolerance {tol:.3e}; increase the ridge")
+    return (out["r"][0] - out["D"][0]).to(src_r.dtype)
+
+
 class _DenseFactor:
     """Cholesky factor of ``H = G_D + λI`` (p × p, float64), built from ``J`` in chunks."""
 
@@ -603,7 +655,7 @@ def unlearn(
     memory_budget: float | None = 2e9,
     batch_size: int = 128,
     solver: str = "auto",
-    direct_limit: int = 16384,
+    direct_limit: int = 4096,
     anchor: str = "fit",
     preconditioner: str | None = "none",
     precond_rank: int = 50,
@@ -638,7 +690,8 @@ def unlearn(
         ``nC·p`` floats fit ``memory_budget`` bytes).
     solver : ``"cg"`` (matrix-free Krylov, :func:`fastntk.solvers.cg`), ``"direct"`` (float64 Cholesky in the
         smaller of the two spaces, needs the cached ``J``) or ``"auto"`` (direct when ``J`` is cached and
-        ``min(p, n_r·C) ≤ direct_limit``, else CG).
+        ``min(p, n_r·C) ≤ direct_limit``, else CG: the Gram matrix costs ``m²·max(p, n_r·C)`` flops with
+        ``m = min(p, n_r·C)``, a few hundred CG matvecs on the cached ``J`` are cheaper above a few thousand).
     anchor : what ``Δ`` is measured from (primal / woodbury forms; dual and dense are "fit" by construction).
         ``"fit"`` (default, the paper's closed form): ``Δ = w*_{D_r} − w*_D``, the difference of the two ridge fits
         of the linearized model from ``w̄``; computed as the Newton step from ``w*_D`` (one more solve with
@@ -648,8 +701,9 @@ def unlearn(
         ``"retain"``: ``Δ = −(G_r + λI)⁻¹ ∇L_r(w_trained)`` with the full retain gradient
         ``J_rᵀ(f_lin(X_r; w) − Y_r) + λ(w − w̄)``: lands on ``w*_{D_r}`` from any start.
     preconditioner : ``"none" | "jacobi" | "nystrom"`` (rank ``precond_rank``); rtol / maxiter / backend /
-        on_fail / callback go to :func:`fastntk.solvers.cg`.  With a float32 model and streamed operators the
+        on_fail / callback go to :func:`fastntk.solvers.cg`.  With a float32 model and CG the
         CG tolerance is floored at 1e-4 (float32 matvecs cannot certify less; logged).
+        Use a float64 model for tighter certified tolerances.
     inplace : write ``w_new`` into the model, only after everything succeeded.
 
     Returns
@@ -717,9 +771,9 @@ def unlearn(
         raise InvalidInputError("solver='direct' needs the cached Jacobian: use strategy='cached' (or 'auto' with a larger memory_budget)")
     direct = solver == "direct" or (solver == "auto" and will_cache and min(p, n_r * C) <= int(direct_limit))
     reasons["solver"] = ("direct Cholesky (cached J, min(p, n_r·C) = %d ≤ %d)" % (min(p, n_r * C), direct_limit)) if direct else "conjugate gradients (matrix-free)"
-    if peft.dtype == torch.float32 and not will_cache and rtol < 1e-4:
-        log.info("fastntk: float32 streamed operators: CG rtol raised from %g to 1e-4", rtol)
-        reasons["rtol"] = f"float32 streamed operators: rtol raised from {rtol:g} to 1e-4"
+    if peft.dtype == torch.float32 and not direct and rtol < 1e-4:
+        log.info("fastntk: float32 operators: CG rtol raised from %g to 1e-4", rtol)
+        reasons["rtol"] = f"float32 operators: CG rtol raised from {rtol:g} to 1e-4 (float32 matvecs cannot certify less)"
         rtol = 1e-4
     chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False, direct=direct)
     if form == "auto" and anchor != "fit" and chosen != "primal":
@@ -765,7 +819,10 @@ def unlearn(
         elif chosen == "primal":
             g_extra = None
             lam_D = lam * (n_r + n_f) if ridge_convention == "mean" else lam
-            if anchor == "fit":
+            if anchor == "fit" and direct and hasattr(src_r, "J") and hasattr(src_f, "J") and (p <= n_r * C or (n_r + n_f) * C <= int(direct_limit)):
+                delta = _delta_fit_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx)
+                r_f = None
+            elif anchor == "fit":
                 dD = _fit_full(src_r, src_f, Y_r, Y_f, lam_D, ctx, direct)
                 r_f = src_f.outputs().reshape(-1) + src_f.jmat(dD.unsqueeze(1))[:, 0] - Y_f  # f_lin(X_f; w*_D) − Y_f
             elif anchor == "trained":
@@ -776,7 +833,8 @@ def unlearn(
                 d = (w_trained - w_bar).unsqueeze(1)
                 z = Y_r - src_r.outputs().reshape(-1) - src_r.jmat(d)[:, 0]
                 g_extra = src_r.jtmat(z.unsqueeze(1))[:, 0] - lam_r * d[:, 0]
-            delta = _delta_primal(src_r, src_f, r_f, lam_r, ctx, direct=direct, g_extra=g_extra)
+            if r_f is not None:
+                delta = _delta_primal(src_r, src_f, r_f, lam_r, ctx, direct=direct, g_extra=g_extra)
             space = "primal"
         elif chosen == "woodbury":
             if lam <= 0:
