@@ -61,6 +61,7 @@ class ExperimentConfig:
     forget_class: int = 0
     # unlearning
     form: str = "auto"
+    unlearn_ridge: str = "match"  # "train" (the fine-tuning ridge), "match" (effective ridge, fastntk.unlearn.match_ridge) or a number
     unlearn_loss: str = "mse"
     linearize_at: str = "w0"
     strategy: str = "auto"
@@ -111,6 +112,12 @@ class ExperimentConfig:
             raise ConfigError(f"finetune must be 'linearized' or 'standard', got {self.finetune!r}")
         if self.peft not in ("batchnorm", "prompt"):
             raise ConfigError(f"peft must be 'batchnorm' or 'prompt', got {self.peft!r}")
+        if str(self.unlearn_ridge) not in ("train", "match"):
+            try:
+                if not float(self.unlearn_ridge) > 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"unlearn_ridge must be 'train', 'match' or a positive number, got {self.unlearn_ridge!r}") from None
         for b in self.baselines:
             if b not in ("FT", "GA", "NegGrad+", "dense"):
                 raise ConfigError(f"unknown baseline {b!r}; choose from FT, GA, NegGrad+, dense")
@@ -248,12 +255,22 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     rows["retrain (seed 2)"] = ev(floor.w)
     # ---------------------------------------------------------------- Fast-NTK
     t = time.perf_counter()
-    res = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=cfg.ridge, w0=w0,
+    ridge_u, ridge_info = cfg.ridge, None
+    if str(cfg.unlearn_ridge) == "match":
+        from .unlearn import match_ridge
+
+        ridge_u, ridge_info = match_ridge(peft, (train.X, train.y), w_trained=w_trained, w0=w0, target_scale=cfg.target_scale,
+                                          memory_budget=cfg.memory_budget)
+    elif str(cfg.unlearn_ridge) != "train":
+        ridge_u = float(cfg.unlearn_ridge)
+    times["ridge selection"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0,
                   linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
                   scale=cfg.scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
                   solver=cfg.solver, anchor=cfg.anchor,
                   preconditioner=cfg.preconditioner, progress=progress)
-    times["Fast-NTK"] = time.perf_counter() - t
+    times["Fast-NTK"] = time.perf_counter() - t + times["ridge selection"]
     rows["Fast-NTK"] = ev(res.w_new)
     prepared = None
     if cfg.prepared and cfg.unlearn_loss == "mse":
@@ -261,9 +278,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         from .unlearn import Unlearner
 
         t = time.perf_counter()
-        u = Unlearner(model, peft, (train.X, train.y), ridge=cfg.ridge, w0=w0, linearize_at=cfg.linearize_at,
+        u = Unlearner(model, peft, (train.X, train.y), ridge=ridge_u, w0=w0, linearize_at=cfg.linearize_at,
                       target_scale=cfg.target_scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, progress=progress).prepare()
-        t_prep = time.perf_counter() - t
+        t_prep = time.perf_counter() - t + times["ridge selection"]  # the ridge is chosen before any request too
         t = time.perf_counter()
         req = u.forget(f_idx)
         times["Fast-NTK (prepared)"] = time.perf_counter() - t
@@ -301,6 +318,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         "noise_floor": rows["retrain (seed 2)"]["avg_gap"],
         "methods": rows,
         "unlearn": res.summary(),
+        "unlearn_ridge": {"ridge": ridge_u, "seconds": times["ridge selection"], **(ridge_info or {})},
         "prepared": prepared,
         "backbone_checkpoint": ck,
     }

@@ -342,3 +342,17 @@ def test_unlearner_fit_anchor_telescopes_for_unconverged_weights():
     wR = ridge_fit(peft, X[r], y[r], w0, lam, 3)
     # the fine-tuning error (w_tr − w*_D) is carried along, the unlearning step is exact
     assert rel_err(u.w - (w_tr - wD), wR, wD) <= 1e-8
+
+
+@pytest.mark.parametrize("kind,n", [("linear", 12), ("linear", 40)])  # kernel space (nC < p) and parameter space
+def test_match_ridge_recovers_the_ridge_of_the_fit(kind, n):
+    from fastntk.unlearn import match_ridge
+
+    m, peft, X, y = make_problem(kind, n, 3)
+    w0 = peft.vector().clone()
+    grid = np.logspace(-3, 2, 11)
+    lam0 = float(grid[6])
+    w_fit = ridge_fit(peft, X, y, w0, lam0, 3)
+    best, info = match_ridge(peft, (X, y), w_trained=w_fit, w0=w0, grid=grid)
+    assert best == pytest.approx(lam0)
+    assert min(info["scores"]) <= 1e-8 * max(info["scores"])

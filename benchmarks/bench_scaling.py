@@ -1,0 +1,114 @@
+"""Scaling of one unlearning with n: wall time per phase, peak RSS, predicted dense-NTK memory.
+
+Each (model, n) runs in a fresh subprocess so that its peak RSS (getrusage high-water mark) is its own.
+Fashion-MNIST training images (28×28, 1 channel), 10 % random forgetting, BN + head PEFT, float32,
+MSE kernel at w0, ridge 1.0, default strategy/solver choices (logged in the JSON).
+
+    python benchmarks/bench_scaling.py [--quick] [--ns 1000 5000 20000 60000] [--models fastntk_cnn_small resnet18]
+Targets (issue 6): 60k done in ≤ 10 minutes; peak RSS(2n) ÷ peak RSS(n) ≤ 2.1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+
+def child(model_name: str, n: int, budget: float) -> dict:
+    import resource
+
+    import numpy as np
+    import timm
+    import torch
+
+    import fastntk  # noqa: F401  (registers fastntk_cnn_*)
+    from fastntk.data import load_fashion_mnist
+    from fastntk.peft import BatchNormPeft
+    from fastntk.unlearn import unlearn
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.manual_seed(0)
+    kw = dict(num_classes=10, in_chans=1)
+    if model_name.startswith("resnet"):
+        kw["zero_init_last"] = False
+    model = timm.create_model(model_name, **kw).eval()
+    peft = BatchNormPeft(model, include_head=True)
+    w0 = peft.vector().clone()
+    data = load_fashion_mnist("train", size=28, channels=1, limit=n)
+    rng = np.random.default_rng(0)
+    f = np.sort(rng.choice(n, max(1, n // 10), replace=False))
+    r = np.setdiff1d(np.arange(n), f)
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    res = unlearn(model, peft, (data.X[r], data.y[r]), (data.X[f], data.y[f]), ridge=1.0, w0=w0, memory_budget=budget)
+    wall = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "model": model_name, "n": n, "n_forget": int(f.size), "p": peft.p, "C": 10, "wall": wall, "timings": res.timings,
+        "form": res.form, "strategy": res.strategy, "reasons": res.reasons, "matvecs": res.matvecs,
+        "peak_rss_mb": rss, "rss_after_import_mb": rss0, "rss_after_data_mb": rss_data,
+        "dense_ntk_gb": (n * 10) ** 2 * 4 / 1e9, "jacobian_gb": n * 10 * peft.p * 4 / 1e9,
+        "delta_norm": float(res.delta.norm()),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ns", type=int, nargs="+", default=None)
+    ap.add_argument("--models", nargs="+", default=["fastntk_cnn_small"])
+    ap.add_argument("--budget", type=float, default=6e9, help="memory budget (bytes) for a cached J")
+    ap.add_argument("--child", nargs=2, metavar=("MODEL", "N"))
+    args = ap.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args.budget)), flush=True)
+        return 0
+    from benchmarks._common import environment, write_results
+
+    ns = args.ns or ([500, 1000, 2000] if args.quick else [1000, 5000, 20000, 60000])
+    rows = []
+    for model in args.models:
+        for n in ns:
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, __file__, "--child", model, str(n), "--budget", str(args.budget)],
+                                 capture_output=True, text=True, cwd=ROOT)
+            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                print(out.stderr[-2000:], file=sys.stderr)
+                rows.append({"model": model, "n": n, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"})
+                continue
+            row = json.loads(line[0][7:])
+            row["process_seconds"] = time.perf_counter() - t
+            rows.append(row)
+            print(f"{model} n={n}: {row['wall']:.1f}s unlearn, peak RSS {row['peak_rss_mb']:.0f} MB, {row['form']}/{row['strategy']}", flush=True)
+    md = ["| model | n | p | form / strategy | jacobian s | solve s | unlearn total s | peak RSS MB | RSS ÷ RSS(n/prev) | J GB | dense NTK GB |",
+          "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    prev = {}
+    for r in rows:
+        if "error" in r:
+            md.append(f"| {r['model']} | {r['n']} | – | error: {r['error'][:80]} | | | | | | | |")
+            continue
+        ratio = ""
+        if r["model"] in prev:
+            pn, prss = prev[r["model"]]
+            ratio = f"{r['peak_rss_mb'] / prss:.2f} (n ×{r['n'] / pn:g})"
+        prev[r["model"]] = (r["n"], r["peak_rss_mb"])
+        tm = r["timings"]
+        md.append(f"| {r['model']} | {r['n']:,} | {r['p']:,} | {r['form']} / {r['strategy']} | {tm.get('jacobian', 0):.1f} | "
+                  f"{tm.get('solve', 0):.1f} | {r['wall']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {r['jacobian_gb']:.2f} | {r['dense_ntk_gb']:,.1f} |")
+    text = ("One unlearning (10 % random forget, Fashion-MNIST 28×28×1, BN + head, float32), each n in a fresh process; "
+            "peak RSS = process high-water mark (includes torch and the data); dense NTK = (nC)² float32.\n\n" + "\n".join(md))
+    write_results("scaling" + ("_quick" if args.quick else ""), {"env": environment(), "rows": rows}, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
