@@ -73,3 +73,48 @@ def test_fuzz_public_api_only_raises_typed_errors(n, n_f, C, lam, form, strategy
         return
     assert torch.isfinite(res.w_new).all()
     assert torch.equal(peft.vector(), res.w_new)
+
+
+def _state_numel(u):
+    total = 0
+    for v in vars(u).values():
+        if isinstance(v, torch.Tensor):
+            total += v.numel()
+        elif hasattr(v, "__dict__"):
+            total += sum(t.numel() for t in vars(v).values() if isinstance(t, torch.Tensor))
+    return total
+
+
+@pytest.mark.slow
+def test_twenty_requests_in_the_pipeline_setting_stay_close_to_retraining():
+    """Ordinary (non-converged) linearized fine-tuning, 20 deletion requests: no NaN, state does not grow,
+    the result stays as close to the retrained model as one combined request (anchor 'fit' telescopes)."""
+    from fastntk.baselines import retrain
+    from fastntk.data import load_digits, split_by_classes
+    from fastntk.peft import BatchNormPeft
+    from fastntk.train import finetune_peft, predict
+
+    data = split_by_classes(load_digits(size=8), [0, 1, 2, 3]).subset(np.arange(160)).to(torch.float64)
+    model = tiny_bn_cnn(0, C=4)
+    peft = BatchNormPeft(model, include_head=True)
+    w0 = peft.vector().clone()
+    recipe = dict(epochs=15, lr=0.05, batch_size=32, loss="mse", ridge=1.0, linearized=True, progress=False, seed=0)
+    finetune_peft(peft, data, w0=w0, **recipe)
+    u = Unlearner(model, peft, (data.X, data.y), ridge=1.0, w0=w0).prepare()
+    size0 = _state_numel(u)
+    reqs = np.array_split(np.random.default_rng(0).permutation(160)[:40], 20)
+    for q in reqs:
+        u.forget(q)
+        assert torch.isfinite(u.w).all()
+        assert _state_numel(u) == size0
+    allf = np.sort(np.concatenate(reqs))
+    one = Unlearner(model, peft, (data.X, data.y), ridge=1.0, w0=w0).prepare()
+    one.forget(allf)
+    assert float((u.w - one.w).norm() / (one.w - peft.vector()).norm()) <= 1e-8
+    gold = retrain(peft, data, allf, w0=w0, **recipe)
+    X = data.X
+    lin = lambda w: predict(peft, X, w=w, linearize_at=w0)  # noqa: E731
+    d_un = (lin(u.w) - lin(gold.w)).norm() / lin(gold.w).norm()
+    d_orig = (lin(peft.vector()) - lin(gold.w)).norm() / lin(gold.w).norm()
+    print(f"relative output distance to retrain: unlearned {float(d_un):.4f}, original {float(d_orig):.4f}")
+    assert float(d_un) < float(d_orig)
