@@ -16,11 +16,13 @@ RESULTS = os.path.join(HERE, "results")
 SECTIONS = [
     ("demo", "End to end: `fastntk demo` (digits)", "fastntk demo --out benchmarks/results/demo  (then copy results.md to results/demo.md)"),
     ("pipeline", "End to end: Fashion-MNIST", "python benchmarks/bench_pipeline.py"),
+    ("scaling", "Scaling with n (to all 60k Fashion-MNIST training images)", "python benchmarks/bench_scaling.py"),
     ("unlearn_phases", "Per-phase cost of one unlearning (resnet18 BN-only, Fashion-MNIST)", "python benchmarks/bench_unlearn_phases.py"),
     ("matvec", "Primal matvec ÷ PEFT gradient pass", "python benchmarks/bench_matvec.py"),
     ("solvers_real", "Solvers on the real Gauss-Newton / NTK operators", "python benchmarks/bench_solvers_real.py"),
     ("solvers", "Solvers on synthetic spectra", "python benchmarks/bench_solvers.py --quick"),
     ("numba_kernels", "Numba kernels vs NumPy", "python benchmarks/bench_numba_kernels.py"),
+    ("distributed", "Data-parallel (gloo, CPU): 2 vs 1 processes", "python benchmarks/bench_distributed.py"),
 ]
 
 

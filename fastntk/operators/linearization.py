@@ -217,7 +217,8 @@ class StreamingJacobian(_SourceBase):
                     self._fast_ok, err = fast_rules_agree(self.f, self.w, xb[:2])
                     log.info("fastntk: fast forward-mode rules %s (rel. diff %.1e vs torch.func)",
                              "used" if self._fast_ok else "disabled for this model", err)
-                acc += gmat_batch(self.f, self.w, xb, V, C=self.C, fast=self._fast_ok).detach()
+                acc += gmat_batch(self.f, self.w, xb, V, C=self.C, fast=self._fast_ok,
+                                  prefer_dual=getattr(self.peft, "kind", "") == "batchnorm").detach()
             else:
                 acc += self._gmat_batch(xb, V).detach()
         return acc.T.contiguous()
