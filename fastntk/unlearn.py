@@ -542,21 +542,25 @@ def _delta_fit_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx):
     return (out["r"][0] - out["D"][0]).to(src_r.dtype)
 
 
+def _gram_of_source(src, rows_bytes: float = 2e8) -> torch.Tensor:
+    """``JᵀJ`` (p × p, float64) of a Jacobian source: directly from a cached ``J``, else in sample chunks."""
+    if hasattr(src, "J"):
+        return gram64(src.J)
+    G = torch.zeros(src.p, src.p, dtype=torch.float64, device=src.device)
+    chunk = max(1, min(4096, int(rows_bytes // max(1, 8 * src.p * src.C))))
+    for a in range(0, src.n, chunk):
+        Jc = src.subset(np.arange(a, min(a + chunk, src.n))).dense().double()
+        G += Jc.T @ Jc
+    return G
+
+
 class _DenseFactor:
     """Cholesky factor of ``H = G_D + λI`` (p × p, float64), built from ``J`` in chunks."""
 
     def __init__(self, src, ridge, *, progress=False):
         t = time.perf_counter()
         p = src.p
-        G = torch.zeros(p, p, dtype=torch.float64, device=src.device)
-        if hasattr(src, "J"):
-            Jd = src.J.double()
-            G = Jd.T @ Jd
-        else:
-            chunk = max(1, min(4096, int(2e8 // max(1, 8 * p * src.C))))
-            for s in range(0, src.n, chunk):
-                Jc = src.subset(np.arange(s, min(s + chunk, src.n))).dense().double()
-                G += Jc.T @ Jc
+        G = _gram_of_source(src)
         G.diagonal().add_(ridge)
         self.L = torch.linalg.cholesky(G)
         self.ridge = ridge
@@ -842,20 +846,24 @@ def unlearn(
             from .operators import CachedJacobian
 
             lam_D = lam * (n_r + n_f) if ridge_convention == "mean" else lam
-            # H = G_D + λI from both sources
+            # H = G_D + λI from both sources (retain Gram in sample chunks: J_r is never held whole when streaming)
             t2 = time.perf_counter()
             fac_r = _DenseFactor.__new__(_DenseFactor)
-            Jr = src_r.dense()
             Jf = src_f.dense()
-            Gd = gram64(Jr) + gram64(Jf)
+            Gd = _gram_of_source(src_r) + gram64(Jf)
             Gd.diagonal().add_(lam_D)
-            fac_r.L = torch.linalg.cholesky(Gd)
+            L, info = torch.linalg.cholesky_ex(Gd)
+            if int(info) != 0:
+                raise NumericalError("G_D + λI is not positive definite; increase the ridge")
+            fac_r.L = L
             fac_r.ridge, fac_r.p = lam_D, p
+            del Gd
             timings["factor"] = time.perf_counter() - t2
             if anchor == "fit":
-                z_r = (Y_r - src_r.outputs().reshape(-1)).double()
+                z_r = Y_r - src_r.outputs().reshape(-1)
                 z_f = (Y_f - src_f.outputs().reshape(-1)).double()
-                dD = fac_r.solve((_jtv64(Jr, z_r) + _jtv64(Jf, z_f)).unsqueeze(1))[:, 0]
+                b = src_r.jtmat(z_r.unsqueeze(1))[:, 0].double() + _jtv64(Jf, z_f)
+                dD = fac_r.solve(b.unsqueeze(1))[:, 0]
                 r_f = src_f.outputs().reshape(-1).double() + _jv64(Jf, dD) - Y_f.double()
             elif anchor == "trained":
                 r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
