@@ -169,6 +169,28 @@ def _xy(data, name: str):
     return X, y
 
 
+def _row_keys(X: torch.Tensor) -> list[bytes]:
+    Xc = X.detach().cpu().contiguous().reshape(X.shape[0], -1)
+    if Xc.dtype != torch.float64:
+        Xc = Xc.double()
+    b = Xc.numpy().tobytes()
+    w = Xc.shape[1] * 8
+    return [b[i * w : (i + 1) * w] for i in range(Xc.shape[0])]
+
+
+def _check_overlap(X_r: torch.Tensor, X_f: torch.Tensor) -> None:
+    """Forget samples must be distinct and absent from the retain set (compared by exact input bytes)."""
+    kf = _row_keys(X_f)
+    if len(set(kf)) != len(kf):
+        raise ForgetSetError("the forget set contains the same input twice; pass each sample once "
+                             "(if the data holds genuine duplicate inputs, pass check_overlap=False)")
+    kr = set(_row_keys(X_r))
+    both = [i for i, k in enumerate(kf) if k in kr]
+    if both:
+        raise ForgetSetError(f"{len(both)} forget sample(s) also appear in the retain set (e.g. forget index {both[0]}); "
+                             "retain and forget must be disjoint (if the data holds genuine duplicate inputs, pass check_overlap=False)")
+
+
 def _check_labels(y: torch.Tensor, C: int, name: str):
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
         raise DataError(f"{name} labels must lie in [0, {C}) (the model has {C} outputs); got range [{int(y.min())}, {int(y.max())}]")
@@ -671,6 +693,7 @@ def unlearn(
     inplace: bool = False,
     progress: bool = False,
     callback: Callable | None = None,
+    check_overlap: bool = True,
 ) -> UnlearnResult:
     """Remove the influence of ``forget`` from the PEFT parameters of ``model``.
 
@@ -709,6 +732,8 @@ def unlearn(
         CG tolerance is floored at 1e-4 (float32 matvecs cannot certify less; logged).
         Use a float64 model for tighter certified tolerances.
     inplace : write ``w_new`` into the model, only after everything succeeded.
+    check_overlap : refuse a forget set with repeated inputs or inputs that also appear in the retain set
+        (exact byte comparison, O(n)).
 
     Returns
     -------
@@ -745,6 +770,8 @@ def unlearn(
     _check_model(model, peft)
     X_r, y_r = _xy(retain, "retain")
     X_f, y_f = _xy(forget, "forget")
+    if check_overlap:
+        _check_overlap(X_r, X_f)
     w_trained = peft.vector()
     if linearize_at == "w0":
         if w0 is None:

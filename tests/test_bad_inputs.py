@@ -59,6 +59,16 @@ def _empty_forget():
     return unlearn(m, peft, (X[:8], y[:8]), (X[:0], y[:0]), ridge=0.1, w0=peft.vector())
 
 
+def _overlap():
+    m, peft, X, y = _lin()
+    return unlearn(m, peft, (X[:8], y[:8]), (X[7:], y[7:]), ridge=0.1, w0=peft.vector())
+
+
+def _dup_forget():
+    m, peft, X, y = _lin()
+    return unlearn(m, peft, (X[:8], y[:8]), (X[[9, 9, 10]], y[[9, 9, 10]]), ridge=0.1, w0=peft.vector())
+
+
 def _unlearner(req):
     m, peft, X, y = _lin()
     u = Unlearner(m, peft, (X, y), ridge=0.1, w0=peft.vector())
@@ -149,6 +159,8 @@ def _operator_wrong_device():
 
 CASES = {
     "empty forget set": (_empty_forget, E.ForgetSetError),
+    "retain and forget sets overlap": (_overlap, E.ForgetSetError),
+    "duplicated samples in the forget set": (_dup_forget, E.ForgetSetError),
     "forget = whole training set": (lambda: _unlearner(np.arange(12)), E.ForgetSetError),
     "duplicated forget indices": (lambda: _unlearner([1, 1]), E.ForgetSetError),
     "out-of-range forget index": (lambda: _unlearner([12]), E.ForgetSetError),
