@@ -585,6 +585,7 @@ class _DenseFactor:
         G = _gram_of_source(src)
         G.diagonal().add_(ridge)
         self.L = torch.linalg.cholesky(G)
+        self.H = G  # kept for downdates when the forget space is larger than the parameter space
         self.ridge = ridge
         self.p = p
         self.seconds = time.perf_counter() - t
@@ -1115,14 +1116,31 @@ class Unlearner:
         r_all = torch.zeros(all_f.size * C, dtype=torch.float64, device=self.peft.device)
         r_all[torch.as_tensor(rows)] = r_f.double()
         t = time.perf_counter()
-        delta = _delta_woodbury(self.factor, Jf_all, r_all, ctx).to(self.peft.dtype)
+        g = _jtv64(Jf_all, r_all)  # J_newᵀ r_new (rows of earlier requests carry zeros)
+        if self.src.p <= Jf_all.shape[0] and getattr(self.factor, "H", None) is not None:
+            # forget space larger than parameter space: downdate H_r = H − J_fᵀJ_f and factor it (p × p)
+            H_r = self.factor.H - gram64(Jf_all)
+            L, info = torch.linalg.cholesky_ex(H_r)
+            if int(info) != 0:
+                raise NumericalError("G_r + λI lost positive definiteness in the downdate; increase the ridge")
+            delta = torch.cholesky_solve(g.unsqueeze(1), L)[:, 0]
+            res_ = float((H_r @ delta - g).norm())
+            ctx.solves["H_r Δ = J_fᵀ r_f"] = {"method": "cholesky of the downdated H_r (p × p)", "iterations": 0, "matvecs": 0,
+                                              "true_residual": res_, "tolerance": self.rtol * float(g.norm()),
+                                              "converged": res_ <= self.rtol * float(g.norm()), "seconds": time.perf_counter() - t}
+            route = f"downdate (p = {self.src.p} ≤ n_f·C = {Jf_all.shape[0]})"
+        else:
+            delta = _delta_woodbury(self.factor, Jf_all, r_all, ctx)
+            route = f"Woodbury (n_f·C = {Jf_all.shape[0]} < p = {self.src.p})"
+        _check_norm_bound(delta, g, self.lam, None, "request")
+        delta = delta.to(self.peft.dtype)
         timings["solve"] = time.perf_counter() - t
         if not torch.isfinite(delta).all():
             raise NumericalError("the update Δ has NaN/Inf entries; nothing was changed")
         w_new = self.w + delta
         timings["total"] = time.perf_counter() - t0
         res = UnlearnResult(delta=delta, w_new=w_new, w_old=self.w.clone(), form="woodbury", strategy=self.src.strategy, space="forget",
-                            loss="mse", scale=1.0, reasons={"form": "Unlearner: prepared factor of H = G_D + λI, forget-space system"},
+                            loss="mse", scale=1.0, reasons={"form": f"Unlearner: prepared H = G_D + λI; {route}"},
                             solves=ctx.solves, timings=timings,
                             info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n, "p": self.peft.p})
         # commit the state only now
