@@ -169,13 +169,15 @@ def _xy(data, name: str):
     return X, y
 
 
-def _row_keys(X: torch.Tensor) -> list[bytes]:
-    Xc = X.detach().cpu().contiguous().reshape(X.shape[0], -1)
-    if Xc.dtype != torch.float64:
-        Xc = Xc.double()
-    b = Xc.numpy().tobytes()
-    w = Xc.shape[1] * 8
-    return [b[i * w : (i + 1) * w] for i in range(Xc.shape[0])]
+def _row_keys(X: torch.Tensor, chunk: int = 4096) -> list[bytes]:
+    """A 16-byte digest of every input's exact bytes (chunked: no full copy of ``X``)."""
+    import hashlib
+
+    keys: list[bytes] = []
+    for a in range(0, X.shape[0], chunk):
+        block = X[a : a + chunk].detach().cpu().contiguous().reshape(min(chunk, X.shape[0] - a), -1).numpy()
+        keys += [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in block]
+    return keys
 
 
 def _check_overlap(X_r: torch.Tensor, X_f: torch.Tensor) -> None:
