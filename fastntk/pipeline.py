@@ -363,7 +363,7 @@ def write_report(result: dict, out_dir) -> dict:
         names = list(result["methods"])
         gaps = [result["methods"][n]["avg_gap"] for n in names]
         fig, ax = plt.subplots(figsize=(7, 3.2))
-        ax.bar(names, gaps, color=["#888" if n.startswith("retrain") or n == "original" else "#2a7" if n == "Fast-NTK" else "#47a" for n in names])
+        ax.bar(names, gaps, color=["#888" if n.startswith("retrain") or n == "original" else "#2a7" if n.startswith("Fast-NTK") else "#47a" for n in names])
         ax.axhline(result["noise_floor"], ls="--", c="k", lw=1, label="noise floor")
         ax.set_ylabel("avg gap to retrain (pp)")
         ax.legend()
