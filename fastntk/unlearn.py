@@ -305,11 +305,8 @@ class _SolveCtx:
         finally:
             if bar is not None:
                 bar.close()
-        prev = self.solves.get(name)
-        if prev is None or quiet:
-            self.solves[name] = res if not quiet else _merge(prev, res)
-        else:
-            self.solves[name] = res
+        # inner solves (quiet) accumulate into one summary; an outer solve is recorded as is
+        self.solves[name] = _merge(self.solves.get(name), res) if quiet else res
         return torch.as_tensor(np.asarray(res.x), dtype=b.dtype, device=b.device)
 
 
@@ -446,6 +443,14 @@ def gram64(J, *, side="params", rows=4096):
     return K
 
 
+def _cholesky(H: torch.Tensor, what: str) -> torch.Tensor:
+    """Cholesky factor of the SPD matrix ``H``, or a :class:`NumericalError` naming it."""
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) != 0:
+        raise NumericalError(f"{what} is not positive definite; increase the ridge")
+    return L
+
+
 def _solve_primal_direct(src, g, lam, ctx, name):
     """``(JᵀJ + λI)⁻¹ g`` with a float64 Cholesky factor in the smaller space.
 
@@ -460,18 +465,14 @@ def _solve_primal_direct(src, g, lam, ctx, name):
     if p <= m or lam <= 0:
         H = gram64(J, side="params")
         H.diagonal().add_(lam)
-        L, info = torch.linalg.cholesky_ex(H)
-        if int(info) != 0:
-            raise NumericalError(f"G_r + λI is not positive definite (λ = {lam}); increase the ridge")
+        L = _cholesky(H, f"G_r + λI (λ = {lam})")
         x = torch.cholesky_solve(gd.unsqueeze(1), L)[:, 0]
         res = float((H @ x - gd).norm())
         space = f"primal (p = {p})"
     else:
         K = gram64(J, side="samples")
         K.diagonal().add_(lam)
-        L, info = torch.linalg.cholesky_ex(K)
-        if int(info) != 0:
-            raise NumericalError(f"Θ_rr + λI is not positive definite (λ = {lam}); increase the ridge")
+        L = _cholesky(K, f"Θ_rr + λI (λ = {lam})")
         x = (gd - _jtv64(J, torch.cholesky_solve(_jv64(J, gd).unsqueeze(1), L)[:, 0])) / lam
         res = float((_jtv64(J, _jv64(J, x)) + lam * x - gd).norm())
         space = f"kernel (nC = {m})"
@@ -534,10 +535,7 @@ def _delta_fit_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx):
         G_r.diagonal().add_(lam_r)
         out = {}
         for key, H, b in (("D", H_D, b_D), ("r", G_r, b_r)):
-            L, info = torch.linalg.cholesky_ex(H)
-            if int(info) != 0:
-                raise NumericalError("G + λI is not positive definite; increase the ridge")
-            x = torch.cholesky_solve(b.unsqueeze(1), L)[:, 0]
+            x = torch.cholesky_solve(b.unsqueeze(1), _cholesky(H, "G + λI"))[:, 0]
             out[key] = (x, float((H @ x - b).norm()), float(b.norm()))
         space = f"parameter (p = {p})"
     else:
@@ -548,10 +546,7 @@ def _delta_fit_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx):
         for key, Ks, zs, Js, lam, b in (("D", K, zD, JD, lam_D, b_D), ("r", K[:m_r, :m_r], z_r, Jr, lam_r, b_r)):
             Ks = Ks.clone()
             Ks.diagonal().add_(lam)
-            L, info = torch.linalg.cholesky_ex(Ks)
-            if int(info) != 0:
-                raise NumericalError("Θ + λI is not positive definite; increase the ridge")
-            a = torch.cholesky_solve(zs.unsqueeze(1), L)[:, 0]
+            a = torch.cholesky_solve(zs.unsqueeze(1), _cholesky(Ks, "Θ + λI"))[:, 0]
             x = _jtv64(Js, a)  # w* − w̄ = Jᵀ (Θ + λI)⁻¹ z
             res = float((_jtv64(Js, _jv64(Js, x)) + lam * x - b).norm())
             out[key] = (x, res, float(b.norm()))
@@ -579,18 +574,24 @@ def _gram_of_source(src, rows_bytes: float = 2e8) -> torch.Tensor:
 
 
 class _DenseFactor:
-    """Cholesky factor of ``H = G_D + λI`` (p × p, float64), built from ``J`` in chunks."""
+    """Cholesky factor of ``H = G_D + λI`` (p × p, float64); ``H`` itself is kept when asked (downdates)."""
 
-    def __init__(self, src, ridge, *, progress=False):
+    def __init__(self, H: torch.Tensor, ridge: float, *, keep_matrix: bool = True, seconds: float = 0.0):
+        self.L = _cholesky(H, "G_D + λI")
+        self.H = H if keep_matrix else None
+        self.ridge = ridge
+        self.p = H.shape[0]
+        self.seconds = seconds
+
+    @classmethod
+    def from_source(cls, src, ridge: float, *, keep_matrix: bool = True) -> "_DenseFactor":
+        """Build ``H = JᵀJ + λI`` from a Jacobian source (cached ``J`` or sample chunks) and factor it."""
         t = time.perf_counter()
-        p = src.p
         G = _gram_of_source(src)
         G.diagonal().add_(ridge)
-        self.L = torch.linalg.cholesky(G)
-        self.H = G  # kept for downdates when the forget space is larger than the parameter space
-        self.ridge = ridge
-        self.p = p
-        self.seconds = time.perf_counter() - t
+        fac = cls(G, ridge, keep_matrix=keep_matrix)
+        fac.seconds = time.perf_counter() - t
+        return fac
 
     def solve(self, B):
         """``H⁻¹ B`` (float64)."""
@@ -873,20 +874,13 @@ def unlearn(
         elif chosen == "woodbury":
             if lam <= 0:
                 raise InvalidInputError("form='woodbury' needs ridge > 0 (H = G_D + λI must be positive definite)")
-            from .operators import CachedJacobian
-
             lam_D = lam * (n_r + n_f) if ridge_convention == "mean" else lam
             # H = G_D + λI from both sources (retain Gram in sample chunks: J_r is never held whole when streaming)
             t2 = time.perf_counter()
-            fac_r = _DenseFactor.__new__(_DenseFactor)
             Jf = src_f.dense()
             Gd = _gram_of_source(src_r) + gram64(Jf)
             Gd.diagonal().add_(lam_D)
-            L, info = torch.linalg.cholesky_ex(Gd)
-            if int(info) != 0:
-                raise NumericalError("G_D + λI is not positive definite; increase the ridge")
-            fac_r.L = L
-            fac_r.ridge, fac_r.p = lam_D, p
+            fac_r = _DenseFactor(Gd, lam_D, keep_matrix=False)
             del Gd
             timings["factor"] = time.perf_counter() - t2
             if anchor == "fit":
@@ -1058,7 +1052,7 @@ class Unlearner:
             C = int(self.src.C)
         _check_labels(self.y, C, "training")
         self.C = C
-        self.factor = _DenseFactor(self.src, self.lam, progress=self.progress)
+        self.factor = _DenseFactor.from_source(self.src, self.lam)
         self.outputs = self.src.outputs()
         # the linearized ridge fit on D: w*_D = w̄ + H⁻¹ J_Dᵀ z_D  (the anchor of "fit" requests)
         Y = _targets(self.y, C, self.target_scale, self.peft.dtype, self.peft.device)
@@ -1122,19 +1116,20 @@ class Unlearner:
         if self.src.p <= Jf_all.shape[0] and getattr(self.factor, "H", None) is not None:
             # forget space larger than parameter space: downdate H_r = H − J_fᵀJ_f and factor it (p × p)
             H_r = self.factor.H - gram64(Jf_all)
-            L, info = torch.linalg.cholesky_ex(H_r)
-            if int(info) != 0:
-                raise NumericalError("G_r + λI lost positive definiteness in the downdate; increase the ridge")
-            delta = torch.cholesky_solve(g.unsqueeze(1), L)[:, 0]
+            delta = torch.cholesky_solve(g.unsqueeze(1), _cholesky(H_r, "the downdated G_r + λI"))[:, 0]
             res_ = float((H_r @ delta - g).norm())
-            ctx.solves["H_r Δ = J_fᵀ r_f"] = {"method": "cholesky of the downdated H_r (p × p)", "iterations": 0, "matvecs": 0,
-                                              "true_residual": res_, "tolerance": self.rtol * float(g.norm()),
-                                              "converged": res_ <= self.rtol * float(g.norm()), "seconds": time.perf_counter() - t}
+            method = "cholesky of the downdated H_r (p × p)"
             route = f"downdate (p = {self.src.p} ≤ n_f·C = {Jf_all.shape[0]})"
         else:
             delta = _delta_woodbury(self.factor, Jf_all, r_all, ctx)
+            # certified residual of H_r Δ = g with H_r = H − J_fᵀJ_f
+            res_ = float((self.factor.H @ delta - _jtv64(Jf_all, _jv64(Jf_all, delta)) - g).norm())
+            method = "Woodbury through the prepared factor of H"
             route = f"Woodbury (n_f·C = {Jf_all.shape[0]} < p = {self.src.p})"
-        _check_norm_bound(delta, g, self.lam, None, "request")
+        tol = self.rtol * float(g.norm())
+        ctx.solves["H_r Δ = J_fᵀ r_f"] = {"method": method, "iterations": 0, "matvecs": 0, "true_residual": res_,
+                                          "tolerance": tol, "converged": res_ <= tol, "seconds": time.perf_counter() - t}
+        _check_norm_bound(delta, g, self.lam, ctx.solves["H_r Δ = J_fᵀ r_f"], "request")
         delta = delta.to(self.peft.dtype)
         timings["solve"] = time.perf_counter() - t
         if not torch.isfinite(delta).all():

@@ -131,7 +131,10 @@ class StreamingJacobian(_SourceBase):
 
     def subset(self, idx) -> "StreamingJacobian":
         """The same linearization on the samples ``idx``."""
-        return StreamingJacobian(self.peft, _stream.subset(self.data, idx), w=self.w, batch_size=self.batch_size, loss=self.loss)
+        sub = StreamingJacobian(self.peft, _stream.subset(self.data, idx), w=self.w, batch_size=self.batch_size, loss=self.loss)
+        if getattr(self, "_fast_ok", None) is not None:
+            sub._fast_ok = self._fast_ok  # same model and point: the fast-rule check need not run again
+        return sub
 
     # ------------------------------------------------------------------ per-batch primitives
     def _jmat_batch(self, xb, V):
