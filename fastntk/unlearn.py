@@ -378,17 +378,16 @@ def _forget_residual(src_f, y_f_targets, w_trained, w_bar):
     return r
 
 
-def _delta_primal(src_r, src_f, r_f, ridge_r, ctx, *, direct=False, g_extra=None):
-    """``Δ = (G_r + λI)⁻¹ (J_fᵀ r_f [+ g_extra])`` by CG or by a direct factorization."""
-    g = src_f.jtmat(r_f.unsqueeze(1))[:, 0]
+def _delta_primal(src_r, src_f, r_f, ridge_r, ctx, *, direct=False, g_extra=None, name="H_r Δ = J_fᵀ r_f", key=None):
+    """``Δ = (G_r + λI)⁻¹ (J_fᵀ r_f [+ g_extra])`` by CG or by a direct factorization (``src_f=None``: ``g_extra`` only)."""
+    g = src_f.jtmat(r_f.unsqueeze(1))[:, 0] if src_f is not None else torch.zeros_like(g_extra)
     if g_extra is not None:
         g = g + g_extra
-    name = "H_r Δ = J_fᵀ r_f"
     if direct:
         delta = _solve_primal_direct(src_r, g, ridge_r, ctx, name)
     else:
         H_r = GGNLinearOperator(src_r, ridge_r)
-        delta = ctx.solve(H_r, g, name, key=("H", id(src_r), ridge_r))
+        delta = ctx.solve(H_r, g, name, key=key or ("H", id(src_r), ridge_r))
     _check_norm_bound(delta, g, ridge_r, ctx.solves.get(name), name)
     return delta
 
@@ -680,6 +679,7 @@ def unlearn(
     loss: str = "mse",
     target_scale: float = 1.0,
     scale: float | str | None = None,
+    steps: int = 1,
     ridge_convention: str = "sum",
     strategy: str = "auto",
     memory_budget: float | None = 2e9,
@@ -714,6 +714,12 @@ def unlearn(
         ``Δ = −(G_r + λI)⁻¹ ∇L_r(w_trained)`` (gradient of the retain CE + ridge at the trained
         weights), damped by a backtracking line search on the retain loss (``line_search``).
     scale : ``None`` (1), a number ``s`` (``w_trained + s·Δ``), or ``"trapezium"`` (see :func:`_trapezium_scale`).
+    steps : linearization steps.  ``1`` (default): the update above.  ``k > 1``: then ``k − 1`` Gauss-Newton steps on
+        the retain objective (MSE or CE, + ``½λ‖w − w̄‖²``) of the *network*, relinearized at the current weights
+        ``w`` each time: ``w ← w − t·(G_r(w) + λI)⁻¹ ∇L_r(w)``, ``t`` by Armijo backtracking on the network's
+        retain objective (``line_search``; the objective never increases).  Corrects the
+        linearization error of the first step when fine-tuning was not linearized; each step costs one more
+        Jacobian of ``D_r`` and one solve.
     ridge_convention : ``"sum"`` (one λ for every fit; identities exact) or ``"mean"``
         (Golatkar's mean loss: ridge ``n_r·λ`` for retain fits, ``n·λ`` for the full-data factor;
         the identities between forms then hold only approximately).
@@ -762,6 +768,9 @@ def unlearn(
     target_scale = _check_scalar("target_scale", target_scale, positive=True)
     if maxiter is not None and int(maxiter) <= 0:
         raise InvalidInputError(f"maxiter must be a positive integer, got {maxiter!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) < 1:
+        raise InvalidInputError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = int(steps)
     if isinstance(scale, str) and scale != "trapezium":
         raise InvalidInputError(f"scale must be None, a number or 'trapezium', got {scale!r}")
     if scale is not None and not isinstance(scale, str):
@@ -919,6 +928,35 @@ def unlearn(
     w_new = w_trained + s * delta
     if not torch.isfinite(w_new).all():
         raise NumericalError("the unlearned parameters overflow; the model was not changed")
+    del src_f
+    for k in range(2, steps + 1):
+        # relinearize at the current weights; Gauss-Newton step on the network's retain objective (ridge centred at w̄)
+        t = time.perf_counter()
+        src_k = make_jacobian(peft, X_r, w=w_new, loss=loss, strategy=strategy, memory_budget=budget, batch_size=batch_size, progress=progress)
+        del src_r
+        src_r = src_k
+        timings["jacobian"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if loss == "ce":
+            ctx_k = _SolveCtx(rtol=rtol, maxiter=maxiter, preconditioner=preconditioner, precond_rank=precond_rank,
+                              backend=backend, callback=callback, on_fail=on_fail, progress=progress)
+            dk, _ = _delta_ce(peft, src_k, X_r, y_r, w_new, w_bar, lam_r, ctx_k, batch_size, line_search)
+            ctx.solves.update({f"step {k}: {n}": v for n, v in ctx_k.solves.items()})
+        else:
+            z = _targets(y_r, C, target_scale, dt, dev) - src_k.outputs().reshape(-1)
+            g = src_k.jtmat(z.unsqueeze(1))[:, 0] - lam_r * (w_new - w_bar)  # −∇L_r(w) of the network (J at w)
+            dk = _delta_primal(src_k, None, None, lam_r, ctx, direct=direct and hasattr(src_k, "J"), g_extra=g,
+                               name=f"step {k}: H_r(w) Δ = −∇L_r(w)", key=("step", k))
+            L0 = 0.5 * float(z @ z) + 0.5 * lam_r * float((w_new - w_bar) @ (w_new - w_bar))
+            dk, _ = _line_search(peft, X_r, y_r, w_new, dk, -g, L0, w_bar, lam_r, ctx, batch_size, line_search,
+                                 f"step {k}: line search", loss="mse", target_scale=target_scale)
+        timings["solve"] += time.perf_counter() - t
+        if not torch.isfinite(dk).all():
+            raise NumericalError(f"linearization step {k} produced NaN/Inf; the model was not changed")
+        w_new = w_new + dk.to(dt)
+        reasons["steps"] = f"{k - 1} Gauss-Newton step(s) on the retain objective after the first update, relinearized each time"
+    if steps > 1:
+        delta = w_new - w_trained
     timings["total"] = time.perf_counter() - t_all
     res = UnlearnResult(
         delta=delta, w_new=w_new, w_old=w_trained, form=chosen, strategy=getattr(src_r, "strategy", "?"), space=space,
@@ -951,8 +989,15 @@ def _delta_dense(src_r, src_f, Y_r, Y_f, w_bar, lam):
     return torch.as_tensor(Pu, dtype=w_bar.dtype, device=w_bar.device), w_ret
 
 
-def _retain_ce_loss_and_grad(peft, X_r, y_r, w, w_bar, lam, batch_size, need_grad=True):
+def _retain_ce_loss_and_grad(peft, X_r, y_r, w, w_bar, lam, batch_size, need_grad=True, loss="ce", target_scale=1.0):
+    """The network's retain objective ``Σ loss(f(x; w), y) + ½λ‖w − w̄‖²`` (CE, or MSE ``½‖f − s·onehot‖²``) and its gradient."""
     f = peft.functional()
+
+    def crit(out, yb):
+        if loss == "ce":
+            return torch.nn.functional.cross_entropy(out, yb, reduction="sum")
+        return 0.5 * ((out - target_scale * torch.nn.functional.one_hot(yb, out.shape[1]).to(out.dtype)) ** 2).sum()
+
     total = 0.0
     grad = torch.zeros_like(w)
     for s in range(0, X_r.shape[0], batch_size):
@@ -960,13 +1005,13 @@ def _retain_ce_loss_and_grad(peft, X_r, y_r, w, w_bar, lam, batch_size, need_gra
         yb = y_r[s : s + batch_size].to(peft.device)
         if need_grad:
             wv = w.detach().clone().requires_grad_(True)
-            l = torch.nn.functional.cross_entropy(f(wv, xb), yb, reduction="sum")
+            l = crit(f(wv, xb), yb)
             (g,) = torch.autograd.grad(l, wv)
             grad += g
             l = l.detach()
         else:
             with torch.no_grad():
-                l = torch.nn.functional.cross_entropy(f(w, xb), yb, reduction="sum")
+                l = crit(f(w, xb), yb)
         total += float(l)
     d = w - w_bar
     total += 0.5 * lam * float(d @ d)
@@ -981,13 +1026,19 @@ def _delta_ce(peft, src_r, X_r, y_r, w_trained, w_bar, lam, ctx, batch_size, lin
     L0, g = _retain_ce_loss_and_grad(peft, X_r, y_r, w_trained, w_bar, lam, batch_size)
     H = GGNLinearOperator(src_r, lam)
     step = -ctx.solve(H, g, "H_r Δ = −∇L_r", key=("Hce", id(src_r)))
+    return _line_search(peft, X_r, y_r, w_trained, step, g, L0, w_bar, lam, ctx, batch_size, line_search, "line search")
+
+
+def _line_search(peft, X_r, y_r, w, step, grad, L0, w_bar, lam, ctx, batch_size, enabled, name, loss="ce", target_scale=1.0):
+    """Armijo backtracking of ``w + t·step`` on the network's retain objective (``t`` halves from 1, 12 tries)."""
     t = 1.0
     info = {"loss_before": L0, "steps_tried": 0}
-    if line_search:
-        slope = float(g @ step)
+    if enabled:
+        slope = float(grad @ step)
         for _ in range(12):
             info["steps_tried"] += 1
-            Lt, _ = _retain_ce_loss_and_grad(peft, X_r, y_r, w_trained + t * step, w_bar, lam, batch_size, need_grad=False)
+            Lt, _ = _retain_ce_loss_and_grad(peft, X_r, y_r, w + t * step, w_bar, lam, batch_size, need_grad=False,
+                                             loss=loss, target_scale=target_scale)
             if math.isfinite(Lt) and Lt <= L0 + 1e-4 * t * slope:
                 break
             t *= 0.5
@@ -995,13 +1046,25 @@ def _delta_ce(peft, src_r, X_r, y_r, w_trained, w_bar, lam, ctx, batch_size, lin
             t = 0.0
         info["loss_after"] = Lt
     info["step"] = t
-    ctx.solves["line search"] = dict(info, method="armijo backtracking", iterations=info["steps_tried"], matvecs=0, converged=t > 0 or not line_search)
+    ctx.solves[name] = dict(info, method="armijo backtracking", iterations=info["steps_tried"], matvecs=0, converged=t > 0 or not enabled)
     return t * step, info
 
 
 # ======================================================================================
 # prepared state for a stream of deletion requests
 # ======================================================================================
+def _check_source(src, n: int, peft, who: str, *, need_cached: bool = False) -> None:
+    """A Jacobian source passed in by the caller must describe the same data and parameters."""
+    if not hasattr(src, "jtmat") or not hasattr(src, "outputs"):
+        raise InvalidInputError(f"{who}: source must be a Jacobian source from fastntk.operators.make_jacobian, got {type(src).__name__}")
+    if int(src.n) != int(n) or int(src.p) != int(peft.p):
+        raise InvalidInputError(f"{who}: source has n = {src.n}, p = {src.p}; the training set has n = {n} and the PEFT set p = {peft.p}")
+    if getattr(src, "loss", "mse") != "mse":
+        raise InvalidInputError(f"{who}: source must be built with loss='mse', got {src.loss!r}")
+    if need_cached and not hasattr(src, "J"):
+        raise InvalidInputError(f"{who}: source must be cached (strategy='cached'), got strategy {getattr(src, 'strategy', '?')!r}")
+
+
 class Unlearner:
     """Prepared state for many deletion requests against one training set ``D``.
 
@@ -1016,7 +1079,7 @@ class Unlearner:
     """
 
     def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0, anchor="fit",
-                 strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False):
+                 strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False, source=None):
         if anchor not in ("fit", "trained"):
             raise InvalidInputError(f"anchor must be 'fit' or 'trained', got {anchor!r}")
         self.anchor = anchor
@@ -1038,6 +1101,11 @@ class Unlearner:
         self.strategy, self.memory_budget, self.batch_size = strategy, memory_budget, batch_size
         self.rtol = rtol
         self.progress = progress
+        if source is not None:
+            if linearize_at != "w0":
+                raise InvalidInputError("Unlearner(source=...) needs linearize_at='w0' (the source is built at w0)")
+            _check_source(source, self.n, peft, "Unlearner")
+        self._source = source
         self.forgotten = np.zeros(0, dtype=np.int64)
         self.w = peft.vector()  # current (unlearned) weights; the model is touched only by apply()
         self.prepared = False
@@ -1046,8 +1114,11 @@ class Unlearner:
     def prepare(self) -> "Unlearner":
         """Build the Jacobian source of ``D``, ``f̄_D`` and the factor of ``H = G_D + λI``."""
         t = time.perf_counter()
-        self.src = make_jacobian(self.peft, self.X, w=self.w_bar, strategy=self.strategy, memory_budget=self.memory_budget,
-                                 batch_size=self.batch_size, progress=self.progress)
+        if self._source is not None:  # shared with match_ridge: J_D is built once
+            self.src = self._source
+        else:
+            self.src = make_jacobian(self.peft, self.X, w=self.w_bar, strategy=self.strategy, memory_budget=self.memory_budget,
+                                     batch_size=self.batch_size, progress=self.progress)
         with torch.no_grad():
             C = int(self.src.C)
         _check_labels(self.y, C, "training")
@@ -1159,7 +1230,7 @@ class Unlearner:
 
 
 def match_ridge(peft, train, *, w_trained: torch.Tensor, w0: torch.Tensor, grid=None, target_scale: float = 1.0,
-                memory_budget: float | None = 2e9, batch_size: int = 128) -> tuple[float, dict]:
+                memory_budget: float | None = 2e9, batch_size: int = 128, source=None) -> tuple[float, dict]:
     """The ridge whose linearized fit on ``D`` best reproduces the trained model: the *effective* ridge.
 
     Fine-tuning stops early, so the trained weights are not the ridge fit of the training ridge; the unlearning
@@ -1169,12 +1240,18 @@ def match_ridge(peft, train, *, w_trained: torch.Tensor, w0: torch.Tensor, grid=
         f_lin(X_D; w*_D(λ)) = f̄ + K (K + λI)⁻¹ z,     score(λ) = ‖f_lin(X_D; w*_D(λ)) − f_lin(X_D; w_trained)‖
 
     (in parameter space when ``p < nC``: ``G = V diag(s) Vᵀ``, ``w*_D(λ) − w̄ = V (diag(s) + λ)⁻¹ Vᵀ J_Dᵀ z``).
+    ``source``: a cached Jacobian source of ``D`` at ``w0`` (``make_jacobian(peft, X_D, w=w0, strategy="cached")``)
+    to share with :class:`Unlearner` (``Unlearner(..., source=src)``), so that ``J_D`` is built once.
     Returns ``(λ*, {"grid", "scores"})``; ``λ*`` minimizes the score.
     """
     from .operators import make_jacobian
 
     X, y = _xy(train, "training")
-    src = make_jacobian(peft, X, w=w0, strategy="cached", memory_budget=memory_budget, batch_size=batch_size)
+    if source is not None:
+        _check_source(source, X.shape[0], peft, "match_ridge", need_cached=True)
+        src = source
+    else:
+        src = make_jacobian(peft, X, w=w0, strategy="cached", memory_budget=memory_budget, batch_size=batch_size)
     J = src.J.double()
     C = src.C
     z = (_targets(y, C, target_scale, torch.float64, src.device) - src.outputs().reshape(-1).double())

@@ -357,3 +357,79 @@ def test_match_ridge_recovers_the_ridge_of_the_fit(kind, n):
     best, info = match_ridge(peft, (X, y), w_trained=w_fit, w0=w0, grid=grid)
     assert best == pytest.approx(lam0)
     assert min(info["scores"]) <= 1e-8 * max(info["scores"])
+
+
+def test_extra_linearization_steps_are_noops_at_the_exact_fit():
+    """Linear model, trained weights = ridge fit on D: step 1 lands on the retain fit, where ∇L_r = 0."""
+    m, peft, X, y = make_problem("linear", 40, 5)
+    w0 = peft.vector().clone()
+    lam = 0.3
+    r, f = forget_split(40, y, "random", 0.2, 5)
+    peft.write(ridge_fit(peft, X, y, w0, lam, 3))
+    w_ref = ridge_fit(peft, X[r], y[r], w0, lam, 3)
+    one = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, rtol=1e-12, form="primal")
+    three = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, rtol=1e-12, form="primal", steps=3)
+    assert "steps" in three.reasons and "step 3: H_r(w) Δ = −∇L_r(w)" in three.solves
+    assert float((three.w_new - w_ref).norm()) <= 1e-9 * float(w_ref.norm())
+    assert float((three.w_new - one.w_new).norm()) <= 1e-9 * float(w_ref.norm())
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_extra_linearization_steps_drive_the_network_retain_gradient_down(loss):
+    """Nonlinear CNN (tanh): Gauss-Newton steps relinearized at the current weights approach a stationary point
+    of the network's retain objective; the dense gradient (torch.autograd) is the reference."""
+    m = tiny_bn_cnn(1)
+    peft = BatchNormPeft(m, include_head=True)
+    w0 = peft.vector().clone()
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (30,), generator=g)
+    peft.write(w0 + 0.3 * torch.randn(peft.p, dtype=torch.float64, generator=g))
+    lam = 0.5
+    r, f = np.arange(24), np.arange(24, 30)
+    fn = peft.functional()
+
+    def objective_and_grad(w):
+        w = w.clone().requires_grad_(True)
+        out = fn(w, X[r])
+        if loss == "mse":
+            L = 0.5 * ((out - torch.nn.functional.one_hot(y[r], 3).double()) ** 2).sum()
+        else:
+            L = torch.nn.functional.cross_entropy(out, y[r], reduction="sum")
+        L = L + 0.5 * lam * ((w - w0) ** 2).sum()
+        return float(L.detach()), float(torch.autograd.grad(L, w)[0].norm())
+
+    before = peft.vector().clone()
+    kw = dict(ridge=lam, w0=w0, loss=loss, rtol=1e-10, anchor="retain" if loss == "mse" else "fit")
+    Ls, gs = zip(*[objective_and_grad(unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), steps=k, **kw).w_new) for k in (1, 3, 6)])
+    assert torch.equal(peft.vector(), before)  # the model is untouched without inplace
+    assert Ls[0] >= Ls[1] >= Ls[2], Ls  # line-searched steps never increase the network's retain objective
+    assert gs[2] < 0.5 * gs[0], gs
+
+
+def test_shared_source_gives_the_same_ridge_and_request():
+    from fastntk.operators import make_jacobian
+    from fastntk.unlearn import match_ridge
+
+    m = tiny_bn_cnn(2)
+    peft = BatchNormPeft(m, include_head=True)
+    w0 = peft.vector().clone()
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(40, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+    peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=g))
+    wt = peft.vector().clone()
+    grid = np.logspace(-3, 2, 11)
+    src = make_jacobian(peft, X, w=w0, strategy="cached")
+    lam_a, info_a = match_ridge(peft, (X, y), w_trained=wt, w0=w0, grid=grid)
+    lam_b, info_b = match_ridge(peft, (X, y), w_trained=wt, w0=w0, grid=grid, source=src)
+    assert lam_a == lam_b and np.allclose(info_a["scores"], info_b["scores"], rtol=1e-10)
+    a = Unlearner(m, peft, (X, y), ridge=lam_a, w0=w0).forget(np.arange(30, 40))
+    b = Unlearner(m, peft, (X, y), ridge=lam_a, w0=w0, source=src).forget(np.arange(30, 40))
+    assert torch.allclose(a.w_new, b.w_new, rtol=0, atol=1e-10)
+    with pytest.raises(InvalidInputError, match="source has n"):
+        Unlearner(m, peft, (X[:20], y[:20]), ridge=1.0, w0=w0, source=src)
+    with pytest.raises(InvalidInputError, match="cached"):
+        match_ridge(peft, (X, y), w_trained=wt, w0=w0, source=make_jacobian(peft, X, w=w0, strategy="stream"))
+    with pytest.raises(InvalidInputError, match="steps"):
+        unlearn(m, peft, (X[:30], y[:30]), (X[30:], y[30:]), ridge=1.0, w0=w0, steps=0)
