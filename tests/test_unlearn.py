@@ -433,3 +433,32 @@ def test_shared_source_gives_the_same_ridge_and_request():
         match_ridge(peft, (X, y), w_trained=wt, w0=w0, source=make_jacobian(peft, X, w=w0, strategy="stream"))
     with pytest.raises(InvalidInputError, match="steps"):
         unlearn(m, peft, (X[:30], y[:30]), (X[30:], y[30:]), ridge=1.0, w0=w0, steps=0)
+
+
+def test_tf32_is_off_while_fastntk_computes_and_flags_are_restored():
+    from fastntk.precision import strict_precision
+
+    seen = []
+    m = tiny_bn_cnn(3)
+    peft = BatchNormPeft(m, include_head=True)
+    w0 = peft.vector().clone()
+    X = torch.randn(12, 3, 8, 8, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        cb = lambda *a: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))  # noqa: E731
+        unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), ridge=1.0, w0=w0, solver="cg", callback=cb)
+        assert seen and all(s == (False, False) for s in seen)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        seen.clear()
+        unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), ridge=1.0, w0=w0, solver="cg", callback=cb, allow_tf32=True)
+        assert seen and all(s == (True, True) for s in seen)
+        with pytest.raises(InvalidInputError, match="allow_tf32"):
+            unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), ridge=1.0, w0=w0, allow_tf32="yes")
+        with pytest.raises(RuntimeError):
+            with strict_precision(False):
+                raise RuntimeError("boom")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
