@@ -202,14 +202,22 @@ def _pretrained_backbone(cfg: ExperimentConfig, pre, progress: bool):
     return model, time.perf_counter() - t, str(ck)
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
-    """Run the whole pipeline; return a JSON-able dict of results (see module doc)."""
+def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> dict | None:
+    """Run the whole pipeline; return a JSON-able dict of results (see module doc).
+
+    ``dist`` (torchrun, :class:`DistContext`): rank 0 runs the pipeline with the Fast-NTK step data-parallel over
+    every rank and returns the results; the other ranks only join that step and return ``None``.
+    """
     from . import baselines as B
     from .metrics import avg_gap, evaluate
     from .peft import BatchNormPeft, PromptPeft
     from .train import finetune_peft
     from .unlearn import unlearn
 
+    if dist is not None:
+        if not dist.is_rank0:
+            return dist.follow()
+        dist.begin(cfg)
     cfg.validate()
     torch.manual_seed(cfg.seed)
     progress = cfg.progress
@@ -265,7 +273,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         ridge_u = float(cfg.unlearn_ridge)
     times["ridge selection"] = time.perf_counter() - t
     t = time.perf_counter()
-    res = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0,
+    step_fn = unlearn if dist is None else dist.unlearn  # torchrun: data-parallel, every rank on its shard
+    res = step_fn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0,
                   linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
                   scale=cfg.scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
                   solver=cfg.solver, anchor=cfg.anchor, check_overlap=False,  # disjoint by index; images may repeat
@@ -376,3 +385,178 @@ def write_report(result: dict, out_dir) -> dict:
     except Exception as e:  # plotting is optional
         log.warning("fastntk: plot not written (%s)", e)
     return paths
+
+
+# ====================================================================== torchrun: one process per device
+# Keys of unlearn() that the data-parallel step (fastntk.distributed.unlearn_distributed) takes as they are, that it
+# ignores, and the values it accepts for the others (it computes the MSE kernel update at w0: anchor "fit", primal
+# form, conjugate gradients, no preconditioner).  Any other key must keep unlearn()'s default.
+_DIST_PASS = ("ridge", "w0", "target_scale", "strategy", "memory_budget", "batch_size", "rtol", "maxiter")
+_DIST_IGNORED = ("progress", "check_overlap")
+_DIST_ACCEPTED = {"form": ("auto", "primal"), "solver": ("auto", "cg"), "preconditioner": (None, "none"), "scale": (None, 1, 1.0)}
+
+
+def _same(a, b) -> bool:
+    try:
+        return a is b or (type(a) is type(b) and bool(a == b))
+    except Exception:  # noqa: BLE001 - tensors, arrays: not a default
+        return False
+
+
+class DistContext:
+    """The ``torch.distributed`` side of :func:`run_experiment`: ``torchrun --nproc-per-node=N -m fastntk run ...``.
+
+    Rank 0 runs the whole pipeline (data, backbone + cache, fine-tuning, retraining, evaluation, baselines) exactly as
+    one process does; the other ranks (followers) only join the Fast-NTK step.  There rank 0 scatters, to every
+    follower, the PEFT model as fine-tuned (pickled: frozen weights, buffers, ``w_trained``), ``w0``, the chosen ridge
+    and that rank's shard of the retain and forget sets; every rank then runs
+    :func:`fastntk.distributed.unlearn_distributed` on its shard (each keeps its own rows of ``J`` when cached) and
+    all get the same ``Δ``.  Only rank 0 writes files and prints; followers return ``None``.
+
+    Failures: every hand-over point (before the step, after the pipeline, after rank 0 wrote the report) starts with
+    an all-gather of each rank's status, so a rank that fails outside a collective reports at whichever point its
+    peers wait (:meth:`fail`) and every rank raises (:class:`~fastntk.distributed.DistributedError` on the others);
+    a failure inside the step reaches the peers through the step's own collectives.  The report is written only once
+    every rank finished, so a failure anywhere leaves nothing written.
+    """
+
+    def __init__(self, group=None):
+        import torch.distributed as tdist
+
+        if not (tdist.is_available() and tdist.is_initialized()):
+            raise InvalidInputError("DistContext needs torch.distributed initialised (torchrun, or init_process_group)")
+        self.group = group
+        self.rank, self.world_size = tdist.get_rank(group), tdist.get_world_size(group)
+        self.backend = str(tdist.get_backend(group))
+        self._in_step = False  # inside the collective step: a failure reaches the peers through its collectives
+        self._failed = False  # a status exchange carried a failure: every rank knows
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> dict:
+        return {"world_size": self.world_size, "backend": self.backend}
+
+    def _collective(self, fn, *args, **kwargs):
+        from .distributed import DistributedError
+
+        try:
+            return fn(*args, group=self.group, **kwargs)
+        except RuntimeError as e:  # gloo/nccl: a peer died or timed out
+            self._failed = True
+            raise DistributedError(f"rank {self.rank}: lost contact with the other ranks ({str(e).splitlines()[0]}); "
+                                   "nothing was written") from None
+
+    def _exchange(self, ok: bool, message: str = ""):
+        """Every rank's status to every rank; raise on the ranks that were fine when another one failed."""
+        import torch.distributed as tdist
+
+        from .distributed import DistributedError
+
+        statuses = [None] * self.world_size
+        self._collective(tdist.all_gather_object, statuses, (bool(ok), str(message)))
+        bad = [(r, m) for r, (o, m) in enumerate(statuses) if not o]
+        if bad:
+            self._failed = True
+            if ok:
+                raise DistributedError("; ".join(f"rank {r} failed: {m}" for r, m in bad) + "; nothing was written")
+
+    def agree(self):
+        """A hand-over point: returns when every rank got here without error, raises if one failed."""
+        self._exchange(True)
+
+    def fail(self, message: str):
+        """Tell the peers this rank failed (at whichever hand-over point they wait); no-op inside the step or twice."""
+        if self._failed or self._in_step:
+            return
+        self._failed = True
+        try:
+            self._exchange(False, message)
+        except Exception:  # noqa: BLE001 - the peers are gone already; the local error is reported by the caller
+            pass
+
+    def close(self):
+        import torch.distributed as tdist
+
+        try:
+            tdist.destroy_process_group(self.group)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+    @staticmethod
+    def step_options(kw: dict, dtype=None) -> dict:
+        """The keys of ``kw`` (``unlearn()``'s) for ``unlearn_distributed``; :class:`ConfigError` for what it cannot do."""
+        import inspect
+
+        from .unlearn import unlearn
+
+        defaults = {k: p.default for k, p in inspect.signature(unlearn).parameters.items()}
+        bad = []
+        for k, v in kw.items():
+            if k in _DIST_PASS or k in _DIST_IGNORED:
+                continue
+            ok = any(_same(v, a) for a in _DIST_ACCEPTED[k]) if k in _DIST_ACCEPTED else k in defaults and _same(v, defaults[k])
+            if not ok:
+                bad.append(f"{k}={v!r}")
+        if bad:
+            raise ConfigError(f"the data-parallel Fast-NTK step (torchrun, fastntk.distributed.unlearn_distributed) computes the "
+                              f"MSE kernel update at w0 (anchor 'fit', primal form, CG, no preconditioner) and cannot run "
+                              f"{', '.join(bad)}; change these options or run in one process")
+        opts = {k: kw[k] for k in _DIST_PASS if k in kw}
+        rtol = float(opts.get("rtol", 1e-8))
+        if dtype == torch.float32 and rtol < 1e-4:  # as unlearn(): float32 matvecs cannot certify less
+            log.info("fastntk: float32 operators: CG rtol raised from %g to 1e-4", rtol)
+            opts["rtol"] = 1e-4
+        return opts
+
+    def begin(self, cfg: ExperimentConfig):
+        """Rank 0, before any training: fail early on options the data-parallel step cannot run (hand-over 0)."""
+        import inspect
+
+        from .unlearn import unlearn
+
+        names = {k for k, p in inspect.signature(unlearn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
+        kw["loss"] = cfg.unlearn_loss
+        self.step_options(kw)
+        self.agree()
+
+    def unlearn(self, model, peft, retain, forget, **kw):
+        """Rank 0's Fast-NTK step (called like :func:`fastntk.unlearn.unlearn` with ``(X, y)`` pairs)."""
+        import torch.distributed as tdist
+
+        from .distributed import unlearn_distributed
+
+        opts = self.step_options(kw, peft.dtype)
+        shards = [tuple(np.array_split(np.arange(int(d[0].shape[0])), self.world_size)) for d in (retain, forget)]
+
+        def part(d, idx):
+            return d[0][idx], d[1][idx]
+
+        payloads = [None] + [{"peft": peft, "retain": part(retain, shards[0][r]), "forget": part(forget, shards[1][r]), "opts": opts}
+                             for r in range(1, self.world_size)]
+        self.agree()  # hand-over 1: every rank is up (a follower that failed says so here)
+        self._in_step = True
+        self._collective(tdist.scatter_object_list, [None], payloads, src=0)
+        res = unlearn_distributed(model, peft, part(retain, shards[0][0]), part(forget, shards[1][0]), group=self.group, **opts)
+        if opts.get("rtol") != kw.get("rtol"):
+            res.reasons["rtol"] = f"float32 operators: CG rtol raised from {kw.get('rtol'):g} to {opts['rtol']:g}"
+        self._in_step = False
+        return res
+
+    def follow(self):
+        """A follower's part of :func:`run_experiment`: wait for rank 0, then its shard of the Fast-NTK step."""
+        import torch.distributed as tdist
+
+        from .distributed import unlearn_distributed
+
+        self.agree()  # hand-over 0: the config is runnable (rank 0's begin())
+        self.agree()  # hand-over 1 (rank 0 reaches it after fine-tuning, retraining and the ridge selection)
+        self._in_step = True
+        got = [None]
+        self._collective(tdist.scatter_object_list, got, None, src=0)
+        pl = got[0]
+        unlearn_distributed(pl["peft"].model, pl["peft"], pl["retain"], pl["forget"], group=self.group, **pl["opts"])
+        self._in_step = False
+        return None
