@@ -24,7 +24,8 @@ from .errors import ConfigError, DataError, InvalidInputError, PeftError
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["ExperimentConfig", "build_model", "load_dataset", "run_experiment", "write_report"]
+__all__ = ["DistContext", "Experiment", "ExperimentConfig", "build_model", "load_dataset", "run_experiment", "setup_experiment",
+           "write_report"]
 
 
 @dataclass
@@ -71,6 +72,7 @@ class ExperimentConfig:
     rtol: float = 1e-6
     preconditioner: str = "none"
     scale: float | None = None
+    steps: int = 1  # linearization steps (unlearn(steps=...)): > 1 adds Gauss-Newton steps relinearized at the current weights
     prepared: bool = True  # also run the prepared Unlearner (prepare once, then the request)
     baselines: list[str] = field(default_factory=lambda: ["FT", "GA", "NegGrad+"])
     seed: int = 0
@@ -121,6 +123,8 @@ class ExperimentConfig:
         for b in self.baselines:
             if b not in ("FT", "GA", "NegGrad+", "dense"):
                 raise ConfigError(f"unknown baseline {b!r}; choose from FT, GA, NegGrad+, dense")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 4:
             raise ConfigError("epochs, batch_size must be >= 1 and image_size >= 4")
         out = Path(self.out_dir)
@@ -202,22 +206,66 @@ def _pretrained_backbone(cfg: ExperimentConfig, pre, progress: bool):
     return model, time.perf_counter() - t, str(ck)
 
 
-def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> dict | None:
-    """Run the whole pipeline; return a JSON-able dict of results (see module doc).
+@dataclass
+class Experiment:
+    """Everything before unlearning: data, PEFT set, fine-tuned weights, the gold retrain and the noise floor.
 
-    ``dist`` (torchrun, :class:`DistContext`): rank 0 runs the pipeline with the Fast-NTK step data-parallel over
-    every rank and returns the results; the other ranks only join that step and return ``None``.
+    Built by :func:`setup_experiment`; :func:`run_experiment` and the benchmarks that compare unlearning
+    variants on one fine-tuned model (``benchmarks/bench_variants.py``) start from it.  ``evaluate(w)`` gives
+    a metrics row for PEFT weights ``w`` against the gold retrain.
     """
+
+    cfg: ExperimentConfig
+    peft: object
+    model: torch.nn.Module
+    train: object
+    retain: object
+    forget: object
+    test: object
+    r_idx: np.ndarray
+    f_idx: np.ndarray
+    w0: torch.Tensor
+    w_trained: torch.Tensor
+    ft: object
+    gold: object
+    floor: object
+    linearized: bool
+    lin: torch.Tensor | None
+    pretrain_seconds: float
+    checkpoint: str
+    rows: dict
+    times: dict
+
+    def evaluate(self, w: torch.Tensor) -> dict:
+        from .metrics import evaluate
+
+        return evaluate(self.peft, w, self.retain, self.forget, self.test, reference_w=self.gold.w, linearize_at=self.lin,
+                        seed=self.cfg.seed)
+
+    def baseline(self, name: str):
+        """Run one cheap baseline (``"FT"``, ``"GA"``, ``"NegGrad+"``) from the fine-tuned weights with the pipeline's recipe."""
+        from . import baselines as B
+
+        cfg, progress = self.cfg, self.cfg.progress
+        if name == "FT":
+            return B.finetune_retain(self.peft, self.train, self.f_idx, w_trained=self.w_trained, w0=self.w0,
+                                     epochs=max(1, cfg.epochs // 4), lr=cfg.lr * 0.1, ridge=cfg.ridge, linearized=self.linearized,
+                                     seed=cfg.seed, batch_size=cfg.batch_size, loss=cfg.finetune_loss, target_scale=cfg.target_scale,
+                                     progress=progress)
+        if name in ("GA", "NegGrad+"):
+            fn = B.gradient_ascent if name == "GA" else B.neggrad_plus
+            return fn(self.peft, self.train, self.f_idx, w_trained=self.w_trained, epochs=1, lr=cfg.lr * 0.1, seed=cfg.seed,
+                      batch_size=cfg.batch_size, progress=progress, linearize_at=self.lin)
+        raise ConfigError(f"unknown cheap baseline {name!r}; choose FT, GA or NegGrad+")
+
+
+def setup_experiment(cfg: ExperimentConfig) -> Experiment:
+    """Data, backbone (pretrained or cached), PEFT set, forget split, fine-tuning, gold retrain, noise floor."""
     from . import baselines as B
-    from .metrics import avg_gap, evaluate
+    from .data import make_forget_split
     from .peft import BatchNormPeft, PromptPeft
     from .train import finetune_peft
-    from .unlearn import unlearn
 
-    if dist is not None:
-        if not dist.is_rank0:
-            return dist.follow()
-        dist.begin(cfg)
     cfg.validate()
     torch.manual_seed(cfg.seed)
     progress = cfg.progress
@@ -238,8 +286,6 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
     w0 = peft.vector().clone()
     log.info("fastntk: %s, PEFT %s with p = %d, |D| = %d, |test| = %d", cfg.model, cfg.peft, peft.p, len(train), len(test))
     # ---------------------------------------------------------------- forget split
-    from .data import make_forget_split
-
     if cfg.forget == "random":
         r_idx, f_idx = make_forget_split(train.y, fraction=cfg.forget_fraction, seed=cfg.seed)
     else:
@@ -254,21 +300,46 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
     gold = B.retrain(peft, train, f_idx, w0=w0, seed=cfg.seed, **recipe)
     floor = B.retrain(peft, train, f_idx, w0=w0, seed=cfg.seed + 1000, **{**recipe, "desc": "retrain (seed 2)"})
     peft.write(w_trained)
-    lin = w0 if linearized else None
-    ev = lambda w: evaluate(peft, w, retain, forget, test, reference_w=gold.w, linearize_at=lin, seed=cfg.seed)
-    rows: dict = {}
-    times: dict = {"pretrain": t_pre, "finetune": ft.seconds, "retrain": gold.seconds}
-    rows["original"] = ev(w_trained)
-    rows["retrain"] = ev(gold.w)
-    rows["retrain (seed 2)"] = ev(floor.w)
+    e = Experiment(cfg=cfg, peft=peft, model=model, train=train, retain=retain, forget=forget, test=test, r_idx=r_idx,
+                   f_idx=f_idx, w0=w0, w_trained=w_trained, ft=ft, gold=gold, floor=floor, linearized=linearized,
+                   lin=w0 if linearized else None, pretrain_seconds=t_pre, checkpoint=ck, rows={},
+                   times={"pretrain": t_pre, "finetune": ft.seconds, "retrain": gold.seconds})
+    e.rows["original"] = e.evaluate(w_trained)
+    e.rows["retrain"] = e.evaluate(gold.w)
+    e.rows["retrain (seed 2)"] = e.evaluate(floor.w)
+    return e
+
+
+def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> dict | None:
+    """Run the whole pipeline; return a JSON-able dict of results (see module doc).
+
+    ``dist`` (torchrun, :class:`DistContext`): rank 0 runs the pipeline with the Fast-NTK step data-parallel over
+    every rank and returns the results; the other ranks only join that step and return ``None``.
+    """
+    from .metrics import avg_gap
+    from .unlearn import unlearn
+
+    if dist is not None:
+        if not dist.is_rank0:
+            return dist.follow()
+        dist.begin(cfg)
+    e = setup_experiment(cfg)
+    progress = cfg.progress
+    peft, model, train, retain, forget, test = e.peft, e.model, e.train, e.retain, e.forget, e.test
+    r_idx, f_idx, w0, w_trained, gold = e.r_idx, e.f_idx, e.w0, e.w_trained, e.gold
+    k, ck = len(cfg.finetune_classes), e.checkpoint
+    ev, rows, times = e.evaluate, e.rows, e.times
     # ---------------------------------------------------------------- Fast-NTK
     t = time.perf_counter()
-    ridge_u, ridge_info = cfg.ridge, None
+    ridge_u, ridge_info, src_D = cfg.ridge, None, None
     if str(cfg.unlearn_ridge) == "match":
+        from .operators import make_jacobian
         from .unlearn import match_ridge
 
+        # J_D at w0, cached once: shared by the ridge matching and the prepared Unlearner
+        src_D = make_jacobian(peft, train.X, w=w0, strategy="cached", memory_budget=cfg.memory_budget, progress=progress)
         ridge_u, ridge_info = match_ridge(peft, (train.X, train.y), w_trained=w_trained, w0=w0, target_scale=cfg.target_scale,
-                                          memory_budget=cfg.memory_budget)
+                                          memory_budget=cfg.memory_budget, source=src_D)
     elif str(cfg.unlearn_ridge) != "train":
         ridge_u = float(cfg.unlearn_ridge)
     times["ridge selection"] = time.perf_counter() - t
@@ -276,7 +347,7 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
     step_fn = unlearn if dist is None else dist.unlearn  # torchrun: data-parallel, every rank on its shard
     res = step_fn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0,
                   linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
-                  scale=cfg.scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
+                  scale=cfg.scale, steps=cfg.steps, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
                   solver=cfg.solver, anchor=cfg.anchor, check_overlap=False,  # disjoint by index; images may repeat
                   preconditioner=cfg.preconditioner, progress=progress)
     times["Fast-NTK"] = time.perf_counter() - t + times["ridge selection"]
@@ -288,27 +359,23 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
 
         t = time.perf_counter()
         u = Unlearner(model, peft, (train.X, train.y), ridge=ridge_u, w0=w0, linearize_at=cfg.linearize_at,
-                      target_scale=cfg.target_scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, progress=progress).prepare()
+                      target_scale=cfg.target_scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, progress=progress,
+                      source=src_D if cfg.linearize_at == "w0" else None).prepare()
         t_prep = time.perf_counter() - t + times["ridge selection"]  # the ridge is chosen before any request too
         t = time.perf_counter()
         req = u.forget(f_idx)
         times["Fast-NTK (prepared)"] = time.perf_counter() - t
         rows["Fast-NTK (prepared)"] = ev(u.w)
-        prepared = {"prepare_seconds": t_prep, "request_seconds": times["Fast-NTK (prepared)"], "request": req.summary()}
+        prepared = {"prepare_seconds": t_prep, "request_seconds": times["Fast-NTK (prepared)"], "request": req.summary(),
+                    # everything from the fine-tuned model to the unlearned one, J_D built once (ridge matching + factor + request)
+                    "one_shot_seconds": t_prep + times["Fast-NTK (prepared)"],
+                    "one_shot_ratio": (t_prep + times["Fast-NTK (prepared)"]) / max(gold.seconds, 1e-12),
+                    "shared_jacobian": src_D is not None and cfg.linearize_at == "w0"}
     # ---------------------------------------------------------------- cheap baselines
-    brecipe = dict(batch_size=cfg.batch_size, loss=cfg.finetune_loss, target_scale=cfg.target_scale, progress=progress)
-    if "FT" in cfg.baselines:
-        b = B.finetune_retain(peft, train, f_idx, w_trained=w_trained, w0=w0, epochs=max(1, cfg.epochs // 4), lr=cfg.lr * 0.1,
-                              ridge=cfg.ridge, linearized=linearized, seed=cfg.seed, **brecipe)
-        rows["FT"], times["FT"] = ev(b.w), b.seconds
-    if "GA" in cfg.baselines:
-        b = B.gradient_ascent(peft, train, f_idx, w_trained=w_trained, epochs=1, lr=cfg.lr * 0.1, seed=cfg.seed,
-                              batch_size=cfg.batch_size, progress=progress, linearize_at=lin)
-        rows["GA"], times["GA"] = ev(b.w), b.seconds
-    if "NegGrad+" in cfg.baselines:
-        b = B.neggrad_plus(peft, train, f_idx, w_trained=w_trained, epochs=1, lr=cfg.lr * 0.1, seed=cfg.seed,
-                           batch_size=cfg.batch_size, progress=progress, linearize_at=lin)
-        rows["NegGrad+"], times["NegGrad+"] = ev(b.w), b.seconds
+    for name in ("FT", "GA", "NegGrad+"):
+        if name in cfg.baselines:
+            b = e.baseline(name)
+            rows[name], times[name] = ev(b.w), b.seconds
     if "dense" in cfg.baselines:
         t = time.perf_counter()
         d = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0, form="dense", check_overlap=False,
@@ -344,7 +411,8 @@ def results_markdown(result: dict) -> str:
     u = result["unlearn"]
     prep = result.get("prepared")
     prep_s = (f"Fast-NTK (prepared): prepare once {prep['prepare_seconds']:.1f}s before any request, then the request "
-              f"{prep['request_seconds']:.2f}s; ") if prep else ""
+              f"{prep['request_seconds']:.2f}s (one-shot from the fine-tuned model, J_D built once: {prep['one_shot_seconds']:.1f}s = "
+              f"{prep['one_shot_ratio']:.2f}× retrain); ") if prep else ""
     head = (f"n_train={s['n_train']}, n_forget={s['n_forget']}, p={s['p']}, C={s['C']}; {prep_s}"
             f"Fast-NTK form={u['form']} strategy={u['strategy']} ({u['reasons'].get('form', '')}); "
             f"noise floor (retrain vs retrain, other seed) = {result['noise_floor']:.2f} pp\n\n")

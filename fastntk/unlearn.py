@@ -41,16 +41,13 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .errors import (
-    ConvergenceError,
     DataError,
-    DeviceError,
-    DTypeError,
     ForgetSetError,
     InvalidInputError,
     ModelStateError,
@@ -58,9 +55,8 @@ from .errors import (
     PeftError,
 )
 from .operators import GGNLinearOperator, NTKLinearOperator, make_jacobian
-from .precision import with_strict_precision
-from .operators import _stream
 from .operators.base import TorchLinearOperator
+from .precision import with_strict_precision
 
 log = logging.getLogger("fastntk")
 
