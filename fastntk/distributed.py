@@ -21,11 +21,10 @@ import logging
 import time
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import DataError, FastNTKError, ForgetSetError, InvalidInputError, NumericalError
+from .errors import DataError, FastNTKError, ForgetSetError, InvalidInputError
 from .operators import GGNLinearOperator, make_jacobian
 from .operators.linearization import _SourceBase
 

@@ -9,7 +9,6 @@ any timm CNN.  Importing :mod:`fastntk` registers them.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 __all__ = ["SmallCNN"]
