@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ._eta import timed_product
 from .base import TorchLinearOperator
 
 __all__ = ["GGNLinearOperator"]
@@ -25,6 +26,9 @@ class GGNLinearOperator(TorchLinearOperator):
         self.ridge = float(ridge)
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return timed_product(self, V, self._product)  # the first product logs a CG ETA (fastntk.operators._eta)
+
+    def _product(self, V: torch.Tensor) -> torch.Tensor:
         out = self.source.gmat(V)
         if self.ridge:
             out = out + self.ridge * V

@@ -35,6 +35,7 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from ..errors import DataError, InvalidInputError, NumericalError
 from . import _stream
+from ._eta import PhaseEta
 
 log = logging.getLogger("fastntk")
 
@@ -237,12 +238,15 @@ class StreamingJacobian(_SourceBase):
     def _diag_pass(self):
         dn = torch.empty(self.nC, dtype=self.dtype, device=self.device)
         dg = torch.zeros(self.p, dtype=self.dtype, device=self.device)
+        eta = PhaseEta("jacobian diagonal pass", self.n, detail=f" (n={self.n}, C={self.C}, p={self.p})")
         for s, e, xb in self._batches():
             for cs in range(s, e, 32):
                 ce = min(cs + 32, e)
                 Jb = self._jac_batch(xb[cs - s : ce - s]).detach()
                 dn[cs * self.C : ce * self.C] = (Jb**2).sum(-1).reshape(-1)
                 dg += (Jb**2).sum((0, 1))
+            eta.update(e)
+        eta.done()
         self._diag_cache = (dn, dg)
         return dn, dg
 
@@ -262,14 +266,18 @@ class StreamingJacobian(_SourceBase):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.n, desc="jacobian", unit="img", leave=False)
+        # ETA after the first batch (logged when the rest takes ≥ _eta.ETA_MIN_SECONDS)
+        eta = PhaseEta("jacobian build", self.n, detail=f" (n={self.n}, C={self.C}, p={self.p}, {self.nC * self.p * J.element_size() / 1e6:.0f} MB)")
         for s, e, xb in self._batches():
             for cs in range(s, e, 32):
                 ce = min(cs + 32, e)
                 J[cs * self.C : ce * self.C] = self._jac_batch(xb[cs - s : ce - s]).detach().reshape(-1, self.p)
                 if bar is not None:
                     bar.update(ce - cs)
+            eta.update(e)
         if bar is not None:
             bar.close()
+        eta.done()
         return J
 
 

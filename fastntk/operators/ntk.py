@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ._eta import timed_product
 from .base import TorchLinearOperator
 
 __all__ = ["NTKLinearOperator"]
@@ -25,6 +26,9 @@ class NTKLinearOperator(TorchLinearOperator):
         self.ridge = float(ridge)
 
     def _matmat(self, U: torch.Tensor) -> torch.Tensor:
+        return timed_product(self, U, self._product)  # the first product logs a CG ETA (fastntk.operators._eta)
+
+    def _product(self, U: torch.Tensor) -> torch.Tensor:
         out = self.source.jmat(self.source.jtmat(U))
         if self.ridge:
             out = out + self.ridge * U
