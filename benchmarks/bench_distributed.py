@@ -2,9 +2,9 @@
 
 Fashion-MNIST (28×28×1), fastntk_cnn_small BN + head, streamed operators, 10 % random forgetting,
 `fastntk.distributed.unlearn_distributed`; wall time of the update (max over ranks) and the agreement
-of Δ across world sizes.  Writes benchmarks/results/distributed.json + .md.
+of Δ across world sizes.  Writes benchmarks/results/distributed.json + .md (``--quick``: n = 200, distributed_quick.*).
 
-    python benchmarks/bench_distributed.py [--n 2000]
+    python benchmarks/bench_distributed.py [--quick] [--n 2000]
 """
 from __future__ import annotations
 
@@ -66,9 +66,12 @@ def run(world, n, strategy):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="n = 200 (≤ 2 min)")
+    ap.add_argument("--n", type=int, default=None, help="training images (default 2000; quick 200)")
     ap.add_argument("--strategy", default="stream")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
+    args.n = args.n or (200 if args.quick else 2000)
     from benchmarks._common import environment, write_results
 
     res = {w: run(w, args.n, args.strategy) for w in (1, 2)}
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
           f"| 1 | {t1:.1f} | 1.00 | {res[1][0]['iters']} |\n| 2 | {t2:.1f} | {t1 / t2:.2f} | {res[2][0]['iters']} |\n\n"
           f"Fashion-MNIST n = {args.n}, fastntk_cnn_small BN + head, strategy={args.strategy}, gloo, 1 thread per process; "
           f"‖Δ₂ − Δ₁‖/‖Δ₁‖ = {agree:.1e} (float32, CG rtol 1e-4).")
-    write_results("distributed", {"env": environment(), "t1": t1, "t2": t2, "speedup": t1 / t2, "agreement": agree}, md)
+    write_results("distributed" + ("_quick" if args.quick else ""),
+                  {"env": environment(), "n": args.n, "t1": t1, "t2": t2, "speedup": t1 / t2, "agreement": agree}, md, args.out)
     print(md)
     return 0
 

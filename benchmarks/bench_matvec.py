@@ -2,7 +2,7 @@
 
     python benchmarks/bench_matvec.py [--quick] [--threads T] [--repeats R]
 
-Writes benchmarks/results/matvec.json and .md.  For each model (timm resnet18 BN-only at
+Writes benchmarks/results/matvec.json and .md (``--quick``: matvec_quick.*, never the full results).  For each model (timm resnet18 BN-only at
 32x32; a small timm ViT with deep visual prompts), float32, N images in batches of 128:
 
 * ``grad``       one PEFT gradient pass over N images: forward + backward of the sum of the
@@ -179,18 +179,18 @@ def markdown(payload) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="N=128, 3 repeats, fewer variants (< 2 min)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true", help="N=32, 2 repeats, 1 thread, fewer variants (≤ 2 min); writes matvec_quick.*")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice; quick: 1)")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--n", type=int, default=None, help="images (default 256; quick 128)")
+    ap.add_argument("--n", type=int, default=None, help="images (default 256; quick 32)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--models", default="resnet18-bn,vit-prompt")
     ap.add_argument("--name", default="matvec")
     ap.add_argument("--out", default=_common.RESULTS)
     args = ap.parse_args(argv)
-    args.n = args.n or (128 if args.quick else 256)
-    args.repeats = args.repeats or 3
-    threads = _common.set_threads(args.threads)
+    args.n = args.n or (32 if args.quick else 256)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    threads = _common.set_threads(args.threads or (1 if args.quick else None))
     t0 = time.perf_counter()
 
     def log(msg):
@@ -201,7 +201,7 @@ def main(argv=None):
     payload = dict(quick=args.quick, repeats=args.repeats, targets={"k1": TARGET_K1, f"k{K}_per_vector": TARGET_K8}, models=models,
                    environment=_common.environment(), wall_s=time.perf_counter() - t0)
     md = markdown(payload)
-    jp, mp = _common.write_results(args.name, payload, md, args.out)
+    jp, mp = _common.write_results(args.name + ("_quick" if args.quick else ""), payload, md, args.out)
     print(md)
     log(f"wrote {jp} and {mp}")
     return 0

@@ -1,6 +1,6 @@
 """Numba vs NumPy for the vector kernels of fastntk's CPU Krylov loops.
 
-Writes benchmarks/results/numba_kernels.json and .md.  Usage:
+Writes benchmarks/results/numba_kernels.json and .md (``--quick``: numba_kernels_quick.*).  Usage:
     python benchmarks/bench_numba_kernels.py [--quick]
 Kernels: fused CG update (x += αp; r −= αq; ‖r‖²) + p = r + βp, i.e. one plain CG iteration's vector
 work; the Jacobi-PCG variant; Nyström apply (rank 50); block orthogonalisation against 20 vectors.
@@ -80,14 +80,15 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 numpy=np.__version__, numba=K.NUMBA_NOTE, threads=int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count())))
-    with open(os.path.join(args.out, "numba_kernels.json"), "w") as f:
+    name = "numba_kernels_quick" if args.quick else "numba_kernels"  # a quick run never overwrites the full results
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     lines = [f"Numba vs NumPy kernels, float64, {meta['cpus']} CPU cores, {meta['numba']}, numpy {meta['numpy']} "
              f"(median time per call, µs; speedup = numpy/numba)", "",
              "| kernel | n | NumPy µs | Numba µs | speedup |", "|---|---:|---:|---:|---:|"]
     for r_ in rows:
         lines.append(f"| {r_['kernel']} | {r_['n']:,} | {r_['numpy_us']:.1f} | {r_['numba_us']:.1f} | {r_['speedup']:.2f} |")
-    with open(os.path.join(args.out, "numba_kernels.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return 0
 

@@ -61,18 +61,19 @@ def child(model_name: str, n: int, budget: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="n = 250, 500, 1000 (≤ 2 min); writes scaling_quick.*")
     ap.add_argument("--ns", type=int, nargs="+", default=None)
     ap.add_argument("--models", nargs="+", default=["fastntk_cnn_small"])
     ap.add_argument("--budget", type=float, default=6e9, help="memory budget (bytes) for a cached J")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "N"))
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args.budget)), flush=True)
         return 0
     from benchmarks._common import environment, write_results
 
-    ns = args.ns or ([500, 1000, 2000] if args.quick else [1000, 5000, 20000, 60000])
+    ns = args.ns or ([250, 500, 1000] if args.quick else [1000, 5000, 20000, 60000])
     rows = []
     for model in args.models:
         for n in ns:
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
                   f"{tm.get('solve', 0):.1f} | {r['wall']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {r['jacobian_gb']:.2f} | {r['dense_ntk_gb']:,.1f} |")
     text = ("One unlearning (10 % random forget, Fashion-MNIST 28×28×1, BN + head, float32), each n in a fresh process; "
             "peak RSS = process high-water mark (includes torch and the data); dense NTK = (nC)² float32.\n\n" + "\n".join(md))
-    write_results("scaling" + ("_quick" if args.quick else ""), {"env": environment(), "rows": rows}, text)
+    write_results("scaling" + ("_quick" if args.quick else ""), {"env": environment(), "rows": rows}, text, args.out)
     print(text)
     return 0
 

@@ -164,11 +164,12 @@ def main(argv=None):
             rows += rr
     os.makedirs(args.out, exist_ok=True)
     meta = dict(rtol=RTOL, dtype="float64", cpus=os.cpu_count(), machine=platform.machine(), quick=args.quick)
-    with open(os.path.join(args.out, "solvers.json"), "w") as f:
+    name = "solvers_quick" if args.quick else "solvers"  # a quick run never overwrites the full results
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     title = (f"Solvers to rtol {RTOL:g} on synthetic spectra (float64, {os.cpu_count()} CPU cores"
              f"{', quick mode' if args.quick else ''}); matvecs include the preconditioner build (in parentheses)")
-    with open(os.path.join(args.out, "solvers.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(to_markdown(rows, title))
     return 0
 

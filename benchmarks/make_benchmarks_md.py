@@ -1,7 +1,9 @@
 """Regenerate BENCHMARKS.md from the tables the benchmark scripts wrote under benchmarks/results/.
 
-Each benchmark script writes ``results/<name>.json`` (numbers) and ``results/<name>.md`` (its table);
-this script only stitches the tables together in a fixed order, with the command that produced each.
+Each benchmark script writes ``results/<name>.json`` (numbers) and ``results/<name>.md`` (its table), and
+some a ``results/<name>.png`` plot; ``--quick`` runs write ``<name>_quick.*`` and never replace a full run's
+files.  This script only stitches the tables together in a fixed order, with the command that produced each
+(and a link to the plot when there is one).
 """
 from __future__ import annotations
 
@@ -18,11 +20,15 @@ SECTIONS = [
     ("pipeline", "End to end: Fashion-MNIST, linearized fine-tuning (3 seeds)", "python benchmarks/bench_pipeline.py --seeds 0 1 2 --limit 10000 --epochs 4"),
     ("pipeline_standard", "End to end: Fashion-MNIST, ordinary fine-tuning (3 seeds)",
      "python benchmarks/bench_pipeline.py --seeds 0 1 2 --limit 10000 --epochs 4 --finetune standard --name pipeline_standard"),
+    ("unlearn_vs_retrain", "Headline: unlearning time ÷ retraining time at the quality reached (Fashion-MNIST, 10k)",
+     "python benchmarks/bench_unlearn_vs_retrain.py"),
+    ("forget_size", "Forget-set size at fixed n: the form auto chooses vs every forced form (Fashion-MNIST, 10k)",
+     "python benchmarks/bench_forget_size.py"),
     ("scaling", "Scaling with n (to all 60k Fashion-MNIST training images)", "python benchmarks/bench_scaling.py"),
     ("unlearn_phases", "Per-phase cost of one unlearning (resnet18 BN-only, Fashion-MNIST)", "python benchmarks/bench_unlearn_phases.py"),
     ("matvec", "Primal matvec ÷ PEFT gradient pass", "python benchmarks/bench_matvec.py"),
-    ("solvers_real", "Solvers on the real Gauss-Newton / NTK operators", "python benchmarks/bench_solvers_real.py"),
-    ("solvers", "Solvers on synthetic spectra", "python benchmarks/bench_solvers.py --quick"),
+    ("solvers_real", "Solvers on the real Gauss-Newton / NTK operators", "python benchmarks/bench_solvers_real.py --n 250"),
+    ("solvers_quick", "Solvers on synthetic spectra (quick)", "python benchmarks/bench_solvers.py --quick"),
     ("numba_kernels", "Numba kernels vs NumPy", "python benchmarks/bench_numba_kernels.py"),
     ("distributed", "Data-parallel (gloo, CPU): 2 vs 1 processes", "python benchmarks/bench_distributed.py"),
 ]
@@ -42,6 +48,8 @@ def main() -> int:
         if not os.path.isfile(path):
             continue
         body = open(path, encoding="utf-8").read().strip()
+        if os.path.isfile(os.path.join(RESULTS, f"{name}.png")):  # the script's plot, next to its table
+            body += f"\n\n![{name}](benchmarks/results/{name}.png)"
         parts.append(f"## {title}\n\n`{cmd}`\n\n{body}\n")
     atomic_write_text(os.path.join(os.path.dirname(HERE), "BENCHMARKS.md"), "\n".join(parts))
     print("wrote BENCHMARKS.md")

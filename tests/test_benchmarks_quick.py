@@ -1,0 +1,79 @@
+"""Smoke runs of the benchmark scripts' ``--quick`` modes (subprocess, results into a temporary folder)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _run_quick(script: str, out) -> None:
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def _load(out, name):
+    files = sorted(os.listdir(out))
+    assert f"{name}.json" in files and f"{name}.md" in files, files
+    assert not any(f.startswith(name.replace("_quick", "") + ".") for f in files), "a quick run wrote the full results' name"
+    with open(os.path.join(out, f"{name}.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_forget_size_quick(tmp_path):
+    _run_quick("bench_forget_size.py", tmp_path)
+    d = _load(tmp_path, "forget_size_quick")
+    assert os.path.isfile(tmp_path / "forget_size_quick.png")
+    assert d["quick"] is True and d["environment"]["torch_threads"] >= 1 and "loadavg_1_5_15" in d["environment"]
+    h = d["header"]
+    assert h["n"] > 0 and _finite(h["ridge"]) and h["ridge"] > 0 and _finite(h["finetune_s"])
+    rows = d["rows"]
+    assert {r["kind"] for r in rows} == {"random", "class"} and len(rows) >= 3
+    for r in rows:
+        assert r["auto_form"] in ("primal", "dual", "woodbury") and r["auto_reasons"]["form"]
+        assert 0 < r["n_forget"] < h["n"] and _finite(r["retrain_s"]) and r["retrain_s"] > 0
+        assert isinstance(r["auto_fastest"], bool) and isinstance(r["auto_fastest_form"], bool)
+        assert _finite(r["timing_noise_s"]) and _finite(r["timing_noise_form_s"])
+        auto = r["runs"]["auto"]
+        assert auto["form"] == r["auto_form"] and _finite(auto["seconds"]) and auto["seconds"] > 0
+        assert _finite(auto["avg_gap"]) and auto["avg_gap"] >= 0 and _finite(auto["form_seconds"])
+        forced = {k for k in r["runs"] if k in ("primal", "woodbury", "dual")} | set(r["skipped"])
+        assert forced == {"primal", "woodbury", "dual"} - {r["auto_form"]}  # every other form was run or its skip explained
+        for k, v in r["runs"].items():
+            assert _finite(v["seconds"]) and _finite(v["avg_gap"]) and _finite(v["delta_norm"]), k
+            if k in ("primal", "woodbury") and k != r["auto_form"]:  # the direct forms give auto's Δ (the truth test, float32)
+                assert v["converged"] and v["rel_diff_to_auto"] < 1e-3
+    md = (tmp_path / "forget_size_quick.md").read_text(encoding="utf-8")
+    assert "| forget set |" in md and "Environment:" in md
+
+
+def test_unlearn_vs_retrain_quick(tmp_path):
+    _run_quick("bench_unlearn_vs_retrain.py", tmp_path)
+    d = _load(tmp_path, "unlearn_vs_retrain_quick")
+    assert d["quick"] is True and d["targets"] == {"ratio": 0.1, "avg_gap_pp": 1.5}
+    assert "loadavg_1_5_15" in d["environment"]
+    (sc,) = d["scenarios"]
+    assert _finite(sc["noise_floor"]) and _finite(sc["ridge"]) and sc["retrain_seconds"]["median"] > 0
+    rows = {r["route"]: r for r in sc["rows"]}
+    assert "one-shot" in rows
+    assert sc["source_kwarg"] == {"match_ridge": True, "Unlearner": True} and len(sc["rows"]) == 3
+    for r in sc["rows"]:
+        for key in ("seconds", "ratio"):
+            assert all(_finite(x) and x > 0 for x in r[key]["all"]), (r["row"], key)
+            assert r[key]["min"] <= r[key]["median"] <= r[key]["max"]
+        assert _finite(r["avg_gap"]) and r["avg_gap"] >= 0 and isinstance(r["meets_target"], bool)
+        assert r["phases_median_s"] and all(_finite(v) and v >= 0 for v in r["phases_median_s"].values())
+    one, shared, req = sc["rows"]
+    assert set(shared["phases_median_s"]) >= {"jacobian (J_D)", "ridge matching", "request"}
+    # the three routes compute the same Δ (anchor "fit"), so they reach the same quality
+    assert abs(one["avg_gap"] - shared["avg_gap"]) < 0.5 and shared["avg_gap"] == req["avg_gap"]
+    assert req["seconds"]["median"] < shared["seconds"]["median"]
