@@ -594,14 +594,14 @@ class _DenseFactor:
         return torch.cholesky_solve(B.double(), self.L)
 
 
-def _delta_woodbury(factor: _DenseFactor, Jf: torch.Tensor, r_f: torch.Tensor, ctx, *, dense_limit: int = 6000):
-    """``Δ = H_r⁻¹ J_fᵀ r_f`` with ``H_r⁻¹ = H⁻¹ + H⁻¹J_fᵀ(I − J_f H⁻¹ J_fᵀ)⁻¹J_f H⁻¹``.
+def _delta_woodbury(factor: _DenseFactor, Jf: torch.Tensor, g: torch.Tensor, ctx, *, dense_limit: int = 6000):
+    """``Δ = H_r⁻¹ g`` (usually ``g = J_fᵀ r_f``) with ``H_r⁻¹ = H⁻¹ + H⁻¹J_fᵀ(I − J_f H⁻¹ J_fᵀ)⁻¹J_f H⁻¹``.
 
     ``Jf`` is the (materialized) forget Jacobian (n_fC × p); only an n_fC system
     is solved: directly when ``n_fC ≤ dense_limit``, else by CG.
     """
     Jf = Jf.double()
-    g = Jf.T @ r_f.double()
+    g = g.double()
     a = factor.solve(g.unsqueeze(1))[:, 0]  # H⁻¹ g
     b = Jf @ a
     HJt = factor.solve(Jf.T)  # H⁻¹ J_fᵀ (p × n_fC)
@@ -902,7 +902,7 @@ def unlearn(
                 r_f = _forget_residual(src_f, Y_f, w_trained, w_bar)
             else:
                 raise InvalidInputError("anchor='retain' is available with form='primal'")
-            delta = _delta_woodbury(fac_r, Jf, r_f, ctx).to(dt)
+            delta = _delta_woodbury(fac_r, Jf, _jtv64(Jf, r_f.double()), ctx).to(dt)
             space = "forget"
         else:  # dense
             delta, w_ret_abs = _delta_dense(src_r, src_f, Y_r, Y_f, w_bar, lam_r)
@@ -1075,13 +1075,18 @@ class Unlearner:
     ``J_f`` the rows of every sample forgotten so far.  Each request takes a
     Newton step from the current linearized fit (``anchor="fit"``: ``Δ_k = w*_{D∖F_k} − w*_{D∖F_{k−1}}``, which
     telescopes, so a sequence of requests equals one request with their union whatever the fine-tuning did)
-    or from the current weights (``anchor="trained"``; exact when they are the fit).
+    or from the current weights (``anchor="trained"``; exact when they are the fit).  ``anchor="retain"``: the
+    Newton step of the full retain objective from the current weights, ``Δ = −(G_r + λI)⁻¹∇L_r(w)`` with
+    ``∇L_r(w) = J_rᵀ(f_lin(X_r; w) − Y_r) + λ(w − w̄)``: every request lands on the linearized ridge fit of the
+    data not forgotten so far (around ``w̄``), whatever came before; with ``linearize_at="trained"`` this is the
+    variant that comes closest to retraining after ordinary fine-tuning (``benchmarks/bench_variants.py``).
+    The gradient costs one ``J_Dᵀz`` product per request.
     """
 
     def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0, anchor="fit",
                  strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False, source=None):
-        if anchor not in ("fit", "trained"):
-            raise InvalidInputError(f"anchor must be 'fit' or 'trained', got {anchor!r}")
+        if anchor not in ("fit", "trained", "retain"):
+            raise InvalidInputError(f"anchor must be 'fit', 'trained' or 'retain', got {anchor!r}")
         self.anchor = anchor
         if linearize_at not in ("w0", "trained"):
             raise InvalidInputError(f"linearize_at must be 'w0' or 'trained', got {linearize_at!r}")
@@ -1129,6 +1134,7 @@ class Unlearner:
         # the linearized ridge fit on D: w*_D = w̄ + H⁻¹ J_Dᵀ z_D  (the anchor of "fit" requests)
         Y = _targets(self.y, C, self.target_scale, self.peft.dtype, self.peft.device)
         z = (Y - self.outputs.reshape(-1)).unsqueeze(1)
+        self.z_D = z[:, 0].double()  # Y_D − f̄_D (the retain gradient of anchor="retain" masks forgotten rows)
         g = self.src.jtmat(z)[:, 0] if not hasattr(self.src, "J") else _jtv64(self.src.J, z[:, 0].double())
         self.w_fit = self.w_bar.double() + self.factor.solve(g.double().unsqueeze(1))[:, 0]
         self.prepare_seconds = time.perf_counter() - t
@@ -1185,7 +1191,17 @@ class Unlearner:
         r_all = torch.zeros(all_f.size * C, dtype=torch.float64, device=self.peft.device)
         r_all[torch.as_tensor(rows)] = r_f.double()
         t = time.perf_counter()
-        g = _jtv64(Jf_all, r_all)  # J_newᵀ r_new (rows of earlier requests carry zeros)
+        if self.anchor == "retain":
+            # −∇L_r(w) = J_rᵀ(Y_r − f̄_r − J_r d) − λd,  d = w − w̄,  J_r = rows of D not forgotten after this request:
+            #          = J_Dᵀ(z_D with forgotten rows zeroed) − (H d − J_allᵀ J_all d)     (H = G_D + λI)
+            z = self.z_D.clone()
+            all_rows = torch.as_tensor((all_f[:, None] * C + np.arange(C)[None, :]).reshape(-1), device=z.device)
+            z[all_rows] = 0
+            d = (self.w.double() - self.w_bar.double())
+            JDz = _jtv64(self.src.J, z) if hasattr(self.src, "J") else self.src.jtmat(z.to(self.peft.dtype).unsqueeze(1))[:, 0].double()
+            g = JDz - self.factor.H @ d + _jtv64(Jf_all, _jv64(Jf_all, d))
+        else:
+            g = _jtv64(Jf_all, r_all)  # J_newᵀ r_new (rows of earlier requests carry zeros)
         if self.src.p <= Jf_all.shape[0] and getattr(self.factor, "H", None) is not None:
             # forget space larger than parameter space: downdate H_r = H − J_fᵀJ_f and factor it (p × p)
             H_r = self.factor.H - gram64(Jf_all)
@@ -1194,7 +1210,7 @@ class Unlearner:
             method = "cholesky of the downdated H_r (p × p)"
             route = f"downdate (p = {self.src.p} ≤ n_f·C = {Jf_all.shape[0]})"
         else:
-            delta = _delta_woodbury(self.factor, Jf_all, r_all, ctx)
+            delta = _delta_woodbury(self.factor, Jf_all, g, ctx)
             # certified residual of H_r Δ = g with H_r = H − J_fᵀJ_f
             res_ = float((self.factor.H @ delta - _jtv64(Jf_all, _jv64(Jf_all, delta)) - g).norm())
             method = "Woodbury through the prepared factor of H"

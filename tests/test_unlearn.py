@@ -462,3 +462,28 @@ def test_tf32_is_off_while_fastntk_computes_and_flags_are_restored():
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("linearize_at", ["w0", "trained"])
+@pytest.mark.parametrize("n_forget", [3, 30])  # Woodbury (n_f·C < p) and downdate (n_f·C ≥ p) routes
+def test_unlearner_retain_anchor_equals_unlearn_and_is_history_free(linearize_at, n_forget):
+    m = tiny_bn_cnn(4)
+    peft = BatchNormPeft(m, include_head=True)
+    w0 = peft.vector().clone()
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(60, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (60,), generator=g)
+    peft.write(w0 + 0.2 * torch.randn(peft.p, dtype=torch.float64, generator=g))  # not a fit of anything
+    lam = 0.7
+    f = np.arange(60 - n_forget, 60)
+    r = np.setdiff1d(np.arange(60), f)
+    ref = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, anchor="retain", form="primal",
+                  linearize_at=linearize_at, solver="direct", rtol=1e-12)
+    one = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at).forget(f)
+    scale = float(ref.delta.norm())
+    assert float((one.w_new - ref.w_new).norm()) <= 1e-8 * scale
+    # two requests in sequence land where one combined request does
+    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at)
+    u.forget(f[: n_forget // 2])
+    two = u.forget(f[n_forget // 2:])
+    assert float((two.w_new - ref.w_new).norm()) <= 1e-8 * scale
