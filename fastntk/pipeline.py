@@ -64,10 +64,13 @@ class ExperimentConfig:
     form: str = "auto"
     unlearn_ridge: str = "match"  # "train" (the fine-tuning ridge), "match" (effective ridge, fastntk.unlearn.match_ridge) or a number
     unlearn_loss: str = "mse"
-    linearize_at: str = "w0"
+    # "auto": w0 + anchor "fit" after linearized fine-tuning (exact); after ordinary fine-tuning the trained weights
+    # + anchor "retain" (a damped Newton step of the retain objective, the variant closest to retraining in
+    # benchmarks/bench_variants.py)
+    linearize_at: str = "auto"
     strategy: str = "auto"
     solver: str = "auto"
-    anchor: str = "fit"
+    anchor: str = "auto"
     memory_budget: float = 2e9
     rtol: float = 1e-6
     preconditioner: str = "none"
@@ -101,7 +104,20 @@ class ExperimentConfig:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
         return cls.from_dict(d.get("experiment", d))
 
+    def resolved(self) -> "ExperimentConfig":
+        """A copy with ``"auto"`` choices made (linearization point and anchor follow the fine-tuning kind)."""
+        lin_ft = self.finetune == "linearized"
+        return dataclasses.replace(
+            self,
+            linearize_at=("w0" if lin_ft else "trained") if self.linearize_at == "auto" else self.linearize_at,
+            anchor=("fit" if lin_ft else "retain") if self.anchor == "auto" else self.anchor,
+        )
+
     def validate(self) -> "ExperimentConfig":
+        if self.linearize_at not in ("auto", "w0", "trained"):
+            raise ConfigError(f"linearize_at must be 'auto', 'w0' or 'trained', got {self.linearize_at!r}")
+        if self.anchor not in ("auto", "fit", "trained", "retain"):
+            raise ConfigError(f"anchor must be 'auto', 'fit', 'trained' or 'retain', got {self.anchor!r}")
         if self.dataset not in ("digits", "fashion_mnist", "cifar10", "folder"):
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose digits, fashion_mnist, cifar10 or folder")
         if self.forget not in ("random", "class"):
@@ -266,7 +282,7 @@ def setup_experiment(cfg: ExperimentConfig) -> Experiment:
     from .peft import BatchNormPeft, PromptPeft
     from .train import finetune_peft
 
-    cfg.validate()
+    cfg = cfg.validate().resolved()
     torch.manual_seed(cfg.seed)
     progress = cfg.progress
     pre, train, test = load_dataset(cfg)
@@ -319,6 +335,7 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
     from .metrics import avg_gap
     from .unlearn import unlearn
 
+    cfg = cfg.validate().resolved()
     if dist is not None:
         if not dist.is_rank0:
             return dist.follow()
@@ -359,6 +376,7 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
 
         t = time.perf_counter()
         u = Unlearner(model, peft, (train.X, train.y), ridge=ridge_u, w0=w0, linearize_at=cfg.linearize_at,
+                      anchor=cfg.anchor,
                       target_scale=cfg.target_scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, progress=progress,
                       source=src_D if cfg.linearize_at == "w0" else None).prepare()
         t_prep = time.perf_counter() - t + times["ridge selection"]  # the ridge is chosen before any request too
