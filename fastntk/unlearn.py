@@ -650,7 +650,7 @@ def _trapezium_scale(delta, w_trained, w_ret_abs):
 # ======================================================================================
 # the public function
 # ======================================================================================
-def _choose_form(form, n_r, n_f, C, p, have_factor, direct=False):
+def _choose_form(form, n_r, n_f, C, p, have_factor, direct=False, low_precision=False):
     if form != "auto":
         return form, f"form={form!r} requested"
     if have_factor:
@@ -660,6 +660,9 @@ def _choose_form(form, n_r, n_f, C, p, have_factor, direct=False):
                           f"Cholesky solve in the {'parameter' if p <= n_r * C else 'kernel'} space")
     if p <= n_r * C:
         return "primal", f"p = {p} ≤ n_r·C = {n_r * C}: the parameter space is the smaller one"
+    if low_precision:
+        return "primal", (f"n_r·C = {n_r * C} < p = {p}, but the dual form's nested inner solves need a tolerance 100× below "
+                          "the outer one, which float32 CG cannot certify: Newton step in parameter space")
     return "dual", f"n_r·C = {n_r * C} < p = {p}: the kernel space is the smaller one"
 
 
@@ -819,7 +822,8 @@ def unlearn(
         log.info("fastntk: float32 operators: CG rtol raised from %g to 1e-4", rtol)
         reasons["rtol"] = f"float32 operators: CG rtol raised from {rtol:g} to 1e-4 (float32 matvecs cannot certify less)"
         rtol = 1e-4
-    chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False, direct=direct)
+    chosen, why = _choose_form(form, n_r, n_f, C, p, have_factor=False, direct=direct,
+                               low_precision=peft.dtype in (torch.float32, torch.float16, torch.bfloat16))
     if form == "auto" and anchor != "fit" and chosen != "primal":
         chosen, why = "primal", f"anchor={anchor!r} is defined as a Newton step in parameter space"
     reasons["form"] = why

@@ -170,6 +170,10 @@ def test_auto_form_choice_and_reasons():
     m2, peft2, X2, y2 = make_problem("linear", 60, 0)
     res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), ridge=0.1, w0=peft2.vector(), solver="cg")
     assert res.form == "primal" and res.space == "primal"
+    # float32: the dual form's inner solves would need 1e-6, below what float32 CG certifies -> primal
+    m32 = m.float()
+    res = unlearn(m32, NamedPeft(m32, ["1.*"]), (X[r].float(), y[r]), (X[f].float(), y[f]), ridge=0.1, w0=w0.float(), strategy="stream")
+    assert res.form == "primal" and "float32" in res.reasons["form"]
 
 
 def test_scale_options_and_inplace():
