@@ -655,6 +655,9 @@ def _choose_form(form, n_r, n_f, C, p, have_factor, direct=False, low_precision=
         return form, f"form={form!r} requested"
     if have_factor:
         return "woodbury", "a prepared factor of H = G_D + λI exists: only the n_fC forget-space system is solved"
+    if direct and n_f * C <= p <= n_r * C:
+        return "woodbury", (f"J is cached and n_f·C = {n_f * C} ≤ p = {p}: one factor of H = G_D + λI and an n_f·C "
+                            "forget-space system (cheaper than the two p × p factors of the primal form)")
     if direct:
         return "primal", (f"J is cached and min(p, n_r·C) = {min(p, n_r * C)} is small: Newton step with a direct "
                           f"Cholesky solve in the {'parameter' if p <= n_r * C else 'kernel'} space")

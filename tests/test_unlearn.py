@@ -170,6 +170,9 @@ def test_auto_form_choice_and_reasons():
     m2, peft2, X2, y2 = make_problem("linear", 60, 0)
     res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), ridge=0.1, w0=peft2.vector(), solver="cg")
     assert res.form == "primal" and res.space == "primal"
+    # cached J, n_f·C = 30 ≤ p = 63 ≤ n_r·C = 150 -> one factor of H = G_D + λI and a forget-space system
+    res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), ridge=0.1, w0=peft2.vector())
+    assert res.form == "woodbury" and "forget-space" in res.reasons["form"]
     # float32: the dual form's inner solves would need 1e-6, below what float32 CG certifies -> primal
     m32 = m.float()
     res = unlearn(m32, NamedPeft(m32, ["1.*"]), (X[r].float(), y[r]), (X[f].float(), y[f]), ridge=0.1, w0=w0.float(), strategy="stream")
