@@ -75,7 +75,9 @@ class ExperimentConfig:
     rtol: float = 1e-6
     preconditioner: str = "none"
     scale: float | None = None
-    steps: int = 1  # linearization steps (unlearn(steps=...)): > 1 adds Gauss-Newton steps relinearized at the current weights
+    # linearization steps of the one-shot update (unlearn(steps=...)): > 1 adds Gauss-Newton steps relinearized at the
+    # current weights; "auto": 1 after linearized fine-tuning (exact already), 2 after ordinary fine-tuning (bench_variants)
+    steps: int | str = "auto"
     prepared: bool = True  # also run the prepared Unlearner (prepare once, then the request)
     baselines: list[str] = field(default_factory=lambda: ["FT", "GA", "NegGrad+"])
     seed: int = 0
@@ -111,6 +113,7 @@ class ExperimentConfig:
             self,
             linearize_at=("w0" if lin_ft else "trained") if self.linearize_at == "auto" else self.linearize_at,
             anchor=("fit" if lin_ft else "retain") if self.anchor == "auto" else self.anchor,
+            steps=(1 if lin_ft else 2) if self.steps == "auto" else int(self.steps),
         )
 
     def validate(self) -> "ExperimentConfig":
@@ -139,8 +142,13 @@ class ExperimentConfig:
         for b in self.baselines:
             if b not in ("FT", "GA", "NegGrad+", "dense"):
                 raise ConfigError(f"unknown baseline {b!r}; choose from FT, GA, NegGrad+, dense")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if self.steps != "auto":
+            try:
+                ok = not isinstance(self.steps, (bool, float)) and int(self.steps) >= 1
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"steps must be 'auto' or an integer >= 1, got {self.steps!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 4:
             raise ConfigError("epochs, batch_size must be >= 1 and image_size >= 4")
         out = Path(self.out_dir)
