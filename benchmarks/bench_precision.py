@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--forget-fraction", type=float, default=0.1)
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     import torch
 
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     md = (f"n = {n} ({'digits' if args.quick else 'Fashion-MNIST'}, {args.model}, BN + head p = {peft64.p}, {f_idx.size} forgotten), "
           f"λ = {lam}; Δ = w*_(D_r) − w*_D by float64 Cholesky after each precision's Jacobian / Gram product. "
           "The float32 CG tolerance is 1e-4.\n\n" + "\n".join(lines) + "\n")
-    write_results("precision" + ("_quick" if args.quick else ""), {"env": environment(), "args": vars(args), "rows": rows}, md)
+    write_results("precision" + ("_quick" if args.quick else ""), {"env": environment(), "args": vars(args), "rows": rows}, md, args.out)
     print(md)
     return 0
 

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", nargs="+", default=["random", "class"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="subset of variant names")
     ap.add_argument("--name", default="variants")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
                   f"{rows[best]['avg_gap']:.2f} pp, default {rows['paper + matched ridge (default)']['avg_gap']:.2f} pp", flush=True)
             del e
             write_results(args.name + "_partial", {"args": vars(args), "runs": runs}, "partial results; see the final table\n",
-                          os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "partial"))
+                          os.path.join(args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), "partial"))
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     lines = []
     summary = {}
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
           "avg_gap in pp vs the gold retrain (lower is better); time_ratio = seconds ÷ retrain seconds (ridge matching included "
           "where the matched ridge is used).\n\n" + "\n".join(lines))
     write_results(args.name + ("_quick" if args.quick else ""), {"env": environment(), "args": vars(args), "runs": runs,
-                                                                "summary": summary}, md)
+                                                                "summary": summary}, md, args.out)
     print(md)
     return 0
 

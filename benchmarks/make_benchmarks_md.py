@@ -19,7 +19,9 @@ SECTIONS = [
     ("demo", "End to end: `fastntk demo` (digits)", "fastntk demo --out benchmarks/results/demo  (then copy results.md to results/demo.md)"),
     ("pipeline", "End to end: Fashion-MNIST, linearized fine-tuning (3 seeds)", "python benchmarks/bench_pipeline.py --seeds 0 1 2 --limit 10000 --epochs 4"),
     ("pipeline_standard", "End to end: Fashion-MNIST, ordinary fine-tuning (3 seeds)",
-     "python benchmarks/bench_pipeline.py --seeds 0 1 2 --limit 10000 --epochs 4 --finetune standard --name pipeline_standard"),
+     "python benchmarks/bench_pipeline.py --finetune standard --name pipeline_standard"),
+    ("variants", "Which variant after ordinary fine-tuning? Every variant on the same fine-tuned models (Fashion-MNIST, 10k)",
+     "python benchmarks/bench_variants.py --scenarios class random --random-seeds 0"),
     ("unlearn_vs_retrain", "Headline: unlearning time ÷ retraining time at the quality reached (Fashion-MNIST, 10k)",
      "python benchmarks/bench_unlearn_vs_retrain.py"),
     ("forget_size", "Forget-set size at fixed n: the form auto chooses vs every forced form (Fashion-MNIST, 10k)",
@@ -30,6 +32,7 @@ SECTIONS = [
     ("solvers_real", "Solvers on the real Gauss-Newton / NTK operators", "python benchmarks/bench_solvers_real.py --n 250"),
     ("solvers_quick", "Solvers on synthetic spectra (quick)", "python benchmarks/bench_solvers.py --quick"),
     ("numba_kernels", "Numba kernels vs NumPy", "python benchmarks/bench_numba_kernels.py"),
+    ("precision", "Precision: error of Δ under float32 / TF32 / bfloat16 against float64", "python benchmarks/bench_precision.py"),
     ("distributed", "Data-parallel (gloo, CPU): 2 vs 1 processes", "python benchmarks/bench_distributed.py"),
 ]
 

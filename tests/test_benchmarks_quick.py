@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
-def _run_quick(script: str, out) -> None:
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--out", str(out)],
+def _run_quick(script: str, out, *extra: str) -> None:
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--out", str(out), *extra],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
@@ -77,3 +77,27 @@ def test_unlearn_vs_retrain_quick(tmp_path):
     # the three routes compute the same Δ (anchor "fit"), so they reach the same quality
     assert abs(one["avg_gap"] - shared["avg_gap"]) < 0.5 and shared["avg_gap"] == req["avg_gap"]
     assert req["seconds"]["median"] < shared["seconds"]["median"]
+
+
+def test_variants_quick(tmp_path):
+    _run_quick("bench_variants.py", tmp_path, "--scenarios", "class", "--variants", "paper + matched ridge (default)",
+               "linearize at trained, anchor=retain, 2 steps")
+    d = _load(tmp_path, "variants_quick")
+    (run,) = d["runs"]
+    assert _finite(run["ridge_match"]) and run["ridge_match"] > 0
+    for name in ("paper + matched ridge (default)", "linearize at trained, anchor=retain, 2 steps", "FT", "GA", "NegGrad+"):
+        m = run["methods"][name]
+        assert "error" not in m and _finite(m["avg_gap"]) and m["avg_gap"] >= 0 and 0 <= m["UA"] <= 1, name
+    assert run["methods"]["retrain"]["avg_gap"] == 0.0
+    assert "Ranked by avg gap" in (tmp_path / "variants_quick.md").read_text(encoding="utf-8")
+
+
+def test_precision_quick(tmp_path):
+    _run_quick("bench_precision.py", tmp_path)
+    rows = _load(tmp_path, "precision_quick")["rows"]
+    ref = rows["float64 (reference)"]
+    assert ref["rel_err_delta"] == 0.0 and ref["label_agreement"] == 1.0
+    e = {k: v["rel_err_delta"] for k, v in rows.items() if "error" not in v}
+    # float64 accumulation of a float32 J beats float32 accumulation, which beats TF32 inputs, which beat bfloat16 storage
+    assert e["float32 Jacobian, float64 Gram"] <= e["float32 Jacobian, float32 Gram"] < e["TF32 Gram (inputs rounded)"]
+    assert e["TF32 Gram (inputs rounded)"] < e["bfloat16 J storage"]
