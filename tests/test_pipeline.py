@@ -97,21 +97,21 @@ def test_cli_run_smoke(tmp_path, capsys):
 
 
 def test_auto_variant_follows_the_fine_tuning_kind(tmp_path):
-    """linearized → (w0, fit); standard → (trained, retain): then the one-shot and prepared routes compute the same Δ."""
+    """linearized → (w0, fit); standard → (trained, trained): the one-shot and prepared routes compute the same Δ."""
     lin = ExperimentConfig(**TINY).resolved()
     assert (lin.linearize_at, lin.anchor, lin.steps) == ("w0", "fit", 1)
     std = ExperimentConfig(**{**TINY, "finetune": "standard"}).resolved()
-    assert (std.linearize_at, std.anchor, std.steps) == ("trained", "retain", 2)
+    assert (std.linearize_at, std.anchor, std.steps) == ("trained", "trained", 1)
     assert ExperimentConfig(**{**TINY, "steps": "3"}).validate().resolved().steps == 3  # CLI strings
     with pytest.raises(ConfigError, match="steps"):
         ExperimentConfig(**{**TINY, "steps": 0}).validate()
     assert ExperimentConfig(**{**TINY, "anchor": "trained"}).resolved().anchor == "trained"  # explicit choices stay
     with pytest.raises(ConfigError, match="anchor"):
         ExperimentConfig(**{**TINY, "anchor": "nowhere"}).validate()
-    cfg = ExperimentConfig(**{**TINY, "finetune": "standard", "epochs": 1, "limit": 150, "model": "fastntk_cnn_tiny", "steps": 1},
+    cfg = ExperimentConfig(**{**TINY, "finetune": "standard", "epochs": 1, "limit": 150, "model": "fastntk_cnn_tiny"},
                            forget="class", forget_class=1, baselines=[], out_dir=str(tmp_path / "o"), cache_dir=str(tmp_path / "c"))
     res = run_experiment(cfg)
-    assert res["config"]["linearize_at"] == "trained" and res["config"]["anchor"] == "retain"
+    assert res["config"]["linearize_at"] == "trained" and res["config"]["anchor"] == "trained"
     m = res["methods"]
     for k in ("UA", "RA", "TA", "MIA"):
         assert abs(m["Fast-NTK"][k] - m["Fast-NTK (prepared)"][k]) <= 0.01, k
