@@ -18,8 +18,10 @@ RESULTS = os.path.join(HERE, "results")
 SECTIONS = [
     ("demo", "End to end: `fastntk demo` (digits)", "fastntk demo --out benchmarks/results/demo  (then copy results.md to results/demo.md)"),
     ("pipeline", "End to end: Fashion-MNIST, linearized fine-tuning (3 seeds)", "python benchmarks/bench_pipeline.py --seeds 0 1 2 --limit 10000 --epochs 4"),
-    ("pipeline_standard", "End to end: Fashion-MNIST, ordinary fine-tuning (3 seeds)",
-     "python benchmarks/bench_pipeline.py --finetune standard --name pipeline_standard"),
+    ("pipeline_standard_random", "End to end: Fashion-MNIST, ordinary fine-tuning, random 10 % (3 seeds)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py --finetune standard --scenarios random --name pipeline_standard_random"),
+    ("pipeline_standard_class", "End to end: Fashion-MNIST, ordinary fine-tuning, one class (3 seeds)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py --finetune standard --scenarios class --name pipeline_standard_class"),
     ("variants", "Which variant after ordinary fine-tuning? Every variant on the same fine-tuned models (Fashion-MNIST, 10k)",
      "python benchmarks/bench_variants.py --scenarios class random --random-seeds 0"),
     ("unlearn_vs_retrain", "Headline: unlearning time ÷ retraining time at the quality reached (Fashion-MNIST, 10k)",
