@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=6e9, help="memory budget (bytes) for a cached J")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "N"))
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--name", default="scaling", help="result name (e.g. scaling_resnet18 for a second model series)")
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args.budget)), flush=True)
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                   f"{tm.get('solve', 0):.1f} | {r['wall']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {r['jacobian_gb']:.2f} | {r['dense_ntk_gb']:,.1f} |")
     text = ("One unlearning (10 % random forget, Fashion-MNIST 28×28×1, BN + head, float32), each n in a fresh process; "
             "peak RSS = process high-water mark (includes torch and the data); dense NTK = (nC)² float32.\n\n" + "\n".join(md))
-    write_results("scaling" + ("_quick" if args.quick else ""), {"env": environment(), "rows": rows}, text, args.out)
+    write_results(args.name + ("_quick" if args.quick else ""), {"env": environment(), "rows": rows}, text, args.out)
     print(text)
     return 0
 

@@ -29,6 +29,8 @@ SECTIONS = [
     ("forget_size", "Forget-set size at fixed n: the form auto chooses vs every forced form (Fashion-MNIST, 10k)",
      "python benchmarks/bench_forget_size.py"),
     ("scaling", "Scaling with n (to all 60k Fashion-MNIST training images)", "python benchmarks/bench_scaling.py"),
+    ("scaling_resnet18", "Scaling with n: resnet18 BN-only (p = 9,610 with head)",
+     "python benchmarks/bench_scaling.py --models resnet18 --ns 1000 5000 --name scaling_resnet18"),
     ("unlearn_phases", "Per-phase cost of one unlearning (resnet18 BN-only, Fashion-MNIST)", "python benchmarks/bench_unlearn_phases.py"),
     ("matvec", "Primal matvec ÷ PEFT gradient pass", "python benchmarks/bench_matvec.py"),
     ("solvers_real", "Solvers on the real Gauss-Newton / NTK operators", "python benchmarks/bench_solvers_real.py --n 250"),

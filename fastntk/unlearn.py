@@ -1085,9 +1085,9 @@ class Unlearner:
     or from the current weights (``anchor="trained"``; exact when they are the fit).  ``anchor="retain"``: the
     Newton step of the full retain objective from the current weights, ``Δ = −(G_r + λI)⁻¹∇L_r(w)`` with
     ``∇L_r(w) = J_rᵀ(f_lin(X_r; w) − Y_r) + λ(w − w̄)``: every request lands on the linearized ridge fit of the
-    data not forgotten so far (around ``w̄``), whatever came before; with ``linearize_at="trained"`` this is the
-    variant that comes closest to retraining after ordinary fine-tuning (``benchmarks/bench_variants.py``).
-    The gradient costs one ``J_Dᵀz`` product per request.
+    data not forgotten so far (around ``w̄``), whatever came before.  The gradient costs one ``J_Dᵀz`` product per
+    request.  After ordinary fine-tuning, ``linearize_at="trained", anchor="trained"`` came closest to retraining
+    on average in ``benchmarks/bench_variants.py`` (the pipeline's default there).
     """
 
     def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0, anchor="fit",
