@@ -119,20 +119,12 @@ class Setting:
 
 def build(cfg) -> Setting:
     """Load the data, pretrain (or load from the cache) the backbone, fine-tune BN + head once."""
-    from fastntk.peft import BatchNormPeft
-    from fastntk.pipeline import _pretrained_backbone, load_dataset
+    from fastntk.pipeline import setup_model
     from fastntk.train import finetune_peft
 
-    torch.manual_seed(cfg.seed)
-    pre, train, test = load_dataset(cfg)
-    backbone, t_pre, _ = _pretrained_backbone(cfg, pre, False)
-    torch.manual_seed(cfg.seed + 1)
-    backbone.reset_classifier(len(cfg.finetune_classes))
-    backbone.eval()
-    peft = BatchNormPeft(backbone, include_head=cfg.include_head)
+    train, test, peft, t_pre, _ = setup_model(cfg)
     w0 = peft.vector().clone()
-    recipe = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, loss=cfg.finetune_loss, ridge=cfg.ridge,
-                  target_scale=cfg.target_scale, linearized=cfg.finetune == "linearized", progress=False)
+    recipe = cfg.finetune_recipe()
     t = time.perf_counter()
     ft = finetune_peft(peft, train, w0=w0, seed=cfg.seed, desc="fine-tune", **recipe)
     t_ft = time.perf_counter() - t

@@ -56,17 +56,14 @@ def main(argv=None) -> int:
 
     from fastntk.operators import make_jacobian
     from fastntk.peft import BatchNormPeft
-    from fastntk.pipeline import ExperimentConfig, _pretrained_backbone, load_dataset
+    from fastntk.pipeline import ExperimentConfig, setup_model
     from fastntk.unlearn import _targets
 
     cfg = ExperimentConfig(dataset="digits" if args.quick else "fashion_mnist", image_size=8 if args.quick else args.size,
                            model=args.model, limit=300 if args.quick else args.n, pretrain_epochs=1 if args.quick else 2,
                            batch_size=128, seed=args.seed, progress=False)
-    pre, train, test = load_dataset(cfg)
-    backbone, _, _ = _pretrained_backbone(cfg, pre, False)
-    torch.manual_seed(args.seed + 1)
-    backbone.reset_classifier(len(cfg.finetune_classes))
-    backbone.eval()
+    train, test, peft0, _, _ = setup_model(cfg)
+    backbone = peft0.model
     n = len(train)
     rng = np.random.default_rng(args.seed)
     f_idx = np.sort(rng.choice(n, max(1, int(args.forget_fraction * n)), replace=False))

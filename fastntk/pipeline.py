@@ -25,7 +25,7 @@ from .errors import ConfigError, DataError, InvalidInputError, PeftError
 log = logging.getLogger("fastntk")
 
 __all__ = ["DistContext", "Experiment", "ExperimentConfig", "build_model", "load_dataset", "run_experiment", "setup_experiment",
-           "write_report"]
+           "setup_model", "write_report"]
 
 
 @dataclass
@@ -105,6 +105,11 @@ class ExperimentConfig:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
         return cls.from_dict(d.get("experiment", d))
+
+    def finetune_recipe(self) -> dict:
+        """Keyword arguments of :func:`fastntk.train.finetune_peft` for this config (replayed exactly by retraining)."""
+        return dict(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, loss=self.finetune_loss, ridge=self.ridge,
+                    target_scale=self.target_scale, linearized=self.finetune == "linearized", progress=self.progress)
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with ``"auto"`` choices made (linearization point and anchor follow the fine-tuning kind)."""
@@ -283,22 +288,19 @@ class Experiment:
         raise ConfigError(f"unknown cheap baseline {name!r}; choose FT, GA or NegGrad+")
 
 
-def setup_experiment(cfg: ExperimentConfig) -> Experiment:
-    """Data, backbone (pretrained or cached), PEFT set, forget split, fine-tuning, gold retrain, noise floor."""
-    from . import baselines as B
-    from .data import make_forget_split
-    from .peft import BatchNormPeft, PromptPeft
-    from .train import finetune_peft
+def setup_model(cfg: ExperimentConfig):
+    """Data, backbone (pretrained, or loaded from the cache), new head, PEFT set: ``(train, test, peft, t_pre, ck)``.
 
-    cfg = cfg.validate().resolved()
+    ``peft.model`` is the backbone in eval mode and ``peft.vector()`` is ``w0``; seeds are set as every run of the
+    pipeline sets them, so the same config gives the same model.
+    """
+    from .peft import BatchNormPeft, PromptPeft
+
     torch.manual_seed(cfg.seed)
-    progress = cfg.progress
     pre, train, test = load_dataset(cfg)
-    k = len(cfg.finetune_classes)
-    # ---------------------------------------------------------------- backbone + PEFT set
-    backbone, t_pre, ck = _pretrained_backbone(cfg, pre, progress)
+    backbone, t_pre, ck = _pretrained_backbone(cfg, pre, cfg.progress)
     torch.manual_seed(cfg.seed + 1)
-    backbone.reset_classifier(k)
+    backbone.reset_classifier(len(cfg.finetune_classes))
     backbone.eval()
     if cfg.peft == "batchnorm":
         peft = BatchNormPeft(backbone, include_head=cfg.include_head)
@@ -306,9 +308,20 @@ def setup_experiment(cfg: ExperimentConfig) -> Experiment:
         if not hasattr(backbone, "blocks"):
             raise PeftError(f"peft='prompt' needs a ViT; {cfg.model!r} is not one (use peft='batchnorm')")
         peft = PromptPeft(backbone, num_prompts=cfg.num_prompts, seed=cfg.seed, include_head=cfg.include_head)
+    log.info("fastntk: %s, PEFT %s with p = %d, |D| = %d, |test| = %d", cfg.model, cfg.peft, peft.p, len(train), len(test))
+    return train, test, peft, t_pre, ck
+
+
+def setup_experiment(cfg: ExperimentConfig) -> Experiment:
+    """Data, backbone (pretrained or cached), PEFT set, forget split, fine-tuning, gold retrain, noise floor."""
+    from . import baselines as B
+    from .data import make_forget_split
+    from .train import finetune_peft
+
+    cfg = cfg.validate().resolved()
+    train, test, peft, t_pre, ck = setup_model(cfg)
     model = peft.model.eval()
     w0 = peft.vector().clone()
-    log.info("fastntk: %s, PEFT %s with p = %d, |D| = %d, |test| = %d", cfg.model, cfg.peft, peft.p, len(train), len(test))
     # ---------------------------------------------------------------- forget split
     if cfg.forget == "random":
         r_idx, f_idx = make_forget_split(train.y, fraction=cfg.forget_fraction, seed=cfg.seed)
@@ -317,8 +330,7 @@ def setup_experiment(cfg: ExperimentConfig) -> Experiment:
     retain, forget = train.subset(r_idx), train.subset(f_idx)
     # ---------------------------------------------------------------- fine-tune, retrain (gold), noise floor
     linearized = cfg.finetune == "linearized"
-    recipe = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, loss=cfg.finetune_loss, ridge=cfg.ridge,
-                  target_scale=cfg.target_scale, linearized=linearized, progress=progress)
+    recipe = cfg.finetune_recipe()
     ft = finetune_peft(peft, train, w0=w0, seed=cfg.seed, desc="fine-tune", **recipe)
     w_trained = ft.w.clone()
     gold = B.retrain(peft, train, f_idx, w0=w0, seed=cfg.seed, **recipe)

@@ -366,6 +366,18 @@ def test_match_ridge_recovers_the_ridge_of_the_fit(kind, n):
     assert min(info["scores"]) <= 1e-8 * max(info["scores"])
 
 
+def _perturbed_cnn_problem(seed, n, amp):
+    """A float64 tanh BN CNN whose PEFT weights are ``w0`` plus noise of size ``amp`` (not a fit of anything), and data."""
+    m = tiny_bn_cnn(seed)
+    peft = BatchNormPeft(m, include_head=True)
+    w0 = peft.vector().clone()
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    peft.write(w0 + amp * torch.randn(peft.p, dtype=torch.float64, generator=g))
+    return m, peft, w0, X, y
+
+
 def test_extra_linearization_steps_are_noops_at_the_exact_fit():
     """Linear model, trained weights = ridge fit on D: step 1 lands on the retain fit, where ∇L_r = 0."""
     m, peft, X, y = make_problem("linear", 40, 5)
@@ -385,13 +397,7 @@ def test_extra_linearization_steps_are_noops_at_the_exact_fit():
 def test_extra_linearization_steps_drive_the_network_retain_gradient_down(loss):
     """Nonlinear CNN (tanh): Gauss-Newton steps relinearized at the current weights approach a stationary point
     of the network's retain objective; the dense gradient (torch.autograd) is the reference."""
-    m = tiny_bn_cnn(1)
-    peft = BatchNormPeft(m, include_head=True)
-    w0 = peft.vector().clone()
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(30, 3, 8, 8, dtype=torch.float64, generator=g)
-    y = torch.randint(0, 3, (30,), generator=g)
-    peft.write(w0 + 0.3 * torch.randn(peft.p, dtype=torch.float64, generator=g))
+    m, peft, w0, X, y = _perturbed_cnn_problem(1, 30, 0.3)
     lam = 0.5
     r, f = np.arange(24), np.arange(24, 30)
     fn = peft.functional()
@@ -418,13 +424,7 @@ def test_shared_source_gives_the_same_ridge_and_request():
     from fastntk.operators import make_jacobian
     from fastntk.unlearn import match_ridge
 
-    m = tiny_bn_cnn(2)
-    peft = BatchNormPeft(m, include_head=True)
-    w0 = peft.vector().clone()
-    g = torch.Generator().manual_seed(2)
-    X = torch.randn(40, 3, 8, 8, dtype=torch.float64, generator=g)
-    y = torch.randint(0, 3, (40,), generator=g)
-    peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=g))
+    m, peft, w0, X, y = _perturbed_cnn_problem(2, 40, 0.05)
     wt = peft.vector().clone()
     grid = np.logspace(-3, 2, 11)
     src = make_jacobian(peft, X, w=w0, strategy="cached")
@@ -474,13 +474,7 @@ def test_tf32_is_off_while_fastntk_computes_and_flags_are_restored():
 @pytest.mark.parametrize("linearize_at", ["w0", "trained"])
 @pytest.mark.parametrize("n_forget", [3, 30])  # Woodbury (n_f·C < p) and downdate (n_f·C ≥ p) routes
 def test_unlearner_retain_anchor_equals_unlearn_and_is_history_free(linearize_at, n_forget):
-    m = tiny_bn_cnn(4)
-    peft = BatchNormPeft(m, include_head=True)
-    w0 = peft.vector().clone()
-    g = torch.Generator().manual_seed(4)
-    X = torch.randn(60, 3, 8, 8, dtype=torch.float64, generator=g)
-    y = torch.randint(0, 3, (60,), generator=g)
-    peft.write(w0 + 0.2 * torch.randn(peft.p, dtype=torch.float64, generator=g))  # not a fit of anything
+    m, peft, w0, X, y = _perturbed_cnn_problem(4, 60, 0.2)
     lam = 0.7
     f = np.arange(60 - n_forget, 60)
     r = np.setdiff1d(np.arange(60), f)
