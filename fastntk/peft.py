@@ -316,7 +316,8 @@ class PromptedViT(nn.Module):
 
     def _insert(self, x: torch.Tensor, layer: int, replace: bool) -> torch.Tensor:
         npt = self.vit.num_prefix_tokens
-        pr = self.prompts[layer].unsqueeze(0).expand(x.shape[0], -1, -1)
+        per_sample = self.__dict__.get("_per_sample_prompts")  # (b, layers, k, D), set by operators.persample
+        pr = per_sample[:, layer] if per_sample is not None else self.prompts[layer].unsqueeze(0).expand(x.shape[0], -1, -1)
         if replace:
             return torch.cat([x[:, :npt], pr, x[:, npt + self.num_prompts :]], dim=1)
         return torch.cat([x[:, :npt], pr, x[:, npt:]], dim=1)

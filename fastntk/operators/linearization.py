@@ -21,8 +21,9 @@ Two implementations share this interface:
 
 * :class:`StreamingJacobian` -- matrix-free, ``torch.func`` JVP/VJP per batch;
   memory: one batch of activations plus O(p + nC) vectors;
-* :class:`CachedJacobian` -- ``J`` built once (``vmap(jacrev)`` in chunks) and
-  stored (``nC·p`` floats); matvecs become matrix products.
+* :class:`CachedJacobian` -- ``J`` built once (the per-sample engine of
+  :mod:`.persample`: one forward and C batched backwards per batch; or ``vmap(jacrev)``
+  in chunks) and stored (``nC·p`` floats); matvecs become matrix products.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ log = logging.getLogger("fastntk")
 __all__ = ["StreamingJacobian", "CachedJacobian", "make_jacobian", "jacobian_bytes"]
 
 LOSSES = ("mse", "ce")
+ENGINES = ("auto", "persample", "vmap")
 
 
 def _ce_factors(out: torch.Tensor):
@@ -58,6 +60,12 @@ def _apply_Lt(T: torch.Tensor, pr: torch.Tensor, sq: torch.Tensor) -> torch.Tens
 def _apply_L(U: torch.Tensor, pr: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
     """``L_i u = √p ⊙ u − p (√pᵀ u)`` for each sample; ``U`` is (..., b, C)."""
     return sq * U - pr * (sq * U).sum(-1, keepdim=True)
+
+
+def _ce_cotangents(out: torch.Tensor) -> torch.Tensor:
+    """``S_i = L_i`` (b, C, C), so that ``J_iᵀ S_i`` has the rows of ``L_iᵀ J_i`` (the CE-weighted Jacobian)."""
+    pr, sq = _ce_factors(out)
+    return torch.diag_embed(sq) - pr[:, :, None] * sq[:, None, :]
 
 
 def jacobian_bytes(n: int, C: int, p: int, dtype: torch.dtype) -> int:
@@ -93,9 +101,13 @@ class StreamingJacobian(_SourceBase):
 
     strategy = "stream"
 
-    def __init__(self, peft, data, *, w: torch.Tensor | None = None, batch_size: int = 128, loss: str = "mse", progress: bool = False):
+    def __init__(self, peft, data, *, w: torch.Tensor | None = None, batch_size: int = 128, loss: str = "mse", progress: bool = False,
+                 engine: str = "auto"):
         if loss not in LOSSES:
             raise InvalidInputError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if engine not in ENGINES:
+            raise InvalidInputError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
         if int(batch_size) < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         self.peft = peft
@@ -132,9 +144,11 @@ class StreamingJacobian(_SourceBase):
 
     def subset(self, idx) -> "StreamingJacobian":
         """The same linearization on the samples ``idx``."""
-        sub = StreamingJacobian(self.peft, _stream.subset(self.data, idx), w=self.w, batch_size=self.batch_size, loss=self.loss)
+        sub = StreamingJacobian(self.peft, _stream.subset(self.data, idx), w=self.w, batch_size=self.batch_size, loss=self.loss,
+                                engine=self.engine)
         if getattr(self, "_fast_ok", None) is not None:
             sub._fast_ok = self._fast_ok  # same model and point: the fast-rule check need not run again
+        sub._persample = getattr(self, "_persample", None)  # likewise the per-sample engine and its check
         return sub
 
     # ------------------------------------------------------------------ per-batch primitives
@@ -168,20 +182,59 @@ class StreamingJacobian(_SourceBase):
             JV = pr * JV - pr * (pr * JV).sum(-1, keepdim=True)  # Λ J V
         return vmap(vjp_fn)(JV)[0]
 
-    def _jac_batch(self, xb):
-        """Per-sample Jacobians of the batch, (b, C, p) (loss-weighted for CE)."""
+    def per_sample_engine(self):
+        """The :class:`~fastntk.operators.persample.PerSampleGradients` engine of this source (made once)."""
+        if getattr(self, "_persample", None) is None:
+            from .persample import PerSampleGradients
+
+            self._persample = PerSampleGradients(self.peft, w=self.w)
+        return self._persample
+
+    def _use_engine(self, xb) -> bool:
+        """``engine="auto"``: the per-sample engine when its rules pass the check on the first batch
+        and cover at least one parameter (one forward + C batched backwards; fewer passes than
+        ``vmap(jacrev)``, see ``benchmarks/results/jacobian_build.md``), else ``vmap(jacrev)``."""
+        if self.engine != "auto":
+            return self.engine == "persample"
+        eng = self.per_sample_engine()
+        if eng.ok is None:
+            eng.check(xb)
+        return bool(eng.ok) and any(r not in ("fallback", "unused") for r in eng.plan.values())
+
+    def _jac_chunks(self, out_J: torch.Tensor | None = None):
+        """Yield ``(start, stop, J_chunk (c, C, p), outputs (c, C))`` over the data (loss-weighted for CE).
+
+        Per-sample engine: whole batches, written straight into ``out_J`` (nC × p) when given;
+        ``vmap(jacrev)``: chunks of 32 samples (its memory grows with chunk · C · activations).
+        """
+        S = _ce_cotangents if self.loss == "ce" else None
+        for s, e, xb in self._batches():
+            if self._use_engine(xb):
+                dst = None if out_J is None else out_J[s * self.C : e * self.C].view(e - s, self.C, self.p)
+                Jb, out = self.per_sample_engine().jacobian(xb, S, out=dst)
+                yield s, e, Jb, out
+                continue
+            for cs in range(s, e, 32):
+                ce = min(cs + 32, e)
+                Jb, out = self._jac_batch_vmap(xb[cs - s : ce - s])
+                if out_J is not None:
+                    out_J[cs * self.C : ce * self.C] = Jb.detach().reshape(-1, self.p)
+                yield cs, ce, Jb.detach(), out
+
+    def _jac_batch_vmap(self, xb):
+        """:meth:`_jac_batch` by ``vmap(jacrev)`` (C reverse passes vmapped) and a forward for the outputs."""
         f = self.f
 
         def one(w, x):
             return f(w, x.unsqueeze(0))[0]
 
         Jb = vmap(jacrev(one), in_dims=(None, 0))(self.w, xb)
+        with torch.no_grad():
+            out = f(self.w, xb)
         if self.loss == "ce":
-            with torch.no_grad():
-                out = f(self.w, xb)
             pr, sq = _ce_factors(out)
             Jb = sq[:, :, None] * Jb - sq[:, :, None] * torch.einsum("bc,bcp->bp", pr, Jb)[:, None, :]
-        return Jb
+        return Jb, out
 
     # ------------------------------------------------------------------ block primitives
     def jmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -239,12 +292,9 @@ class StreamingJacobian(_SourceBase):
         dn = torch.empty(self.nC, dtype=self.dtype, device=self.device)
         dg = torch.zeros(self.p, dtype=self.dtype, device=self.device)
         eta = PhaseEta("jacobian diagonal pass", self.n, detail=f" (n={self.n}, C={self.C}, p={self.p})")
-        for s, e, xb in self._batches():
-            for cs in range(s, e, 32):
-                ce = min(cs + 32, e)
-                Jb = self._jac_batch(xb[cs - s : ce - s]).detach()
-                dn[cs * self.C : ce * self.C] = (Jb**2).sum(-1).reshape(-1)
-                dg += (Jb**2).sum((0, 1))
+        for s, e, Jb, _ in self._jac_chunks():
+            dn[s * self.C : e * self.C] = (Jb**2).sum(-1).reshape(-1)
+            dg += (Jb**2).sum((0, 1))
             eta.update(e)
         eta.done()
         self._diag_cache = (dn, dg)
@@ -259,7 +309,7 @@ class StreamingJacobian(_SourceBase):
         return (getattr(self, "_diag_cache", None) or self._diag_pass())[1]
 
     def dense(self, *, progress: bool = False) -> torch.Tensor:
-        """Materialize ``J`` (nC, p) by per-sample ``vmap(jacrev)`` in chunks."""
+        """Materialize ``J`` (nC, p): the per-sample engine (``engine="auto"|"persample"``) or ``vmap(jacrev)`` in chunks."""
         J = torch.empty(self.nC, self.p, dtype=self.dtype, device=self.device)
         bar = None
         if progress:
@@ -268,16 +318,16 @@ class StreamingJacobian(_SourceBase):
             bar = tqdm(total=self.n, desc="jacobian", unit="img", leave=False)
         # ETA after the first batch (logged when the rest takes ≥ _eta.ETA_MIN_SECONDS)
         eta = PhaseEta("jacobian build", self.n, detail=f" (n={self.n}, C={self.C}, p={self.p}, {self.nC * self.p * J.element_size() / 1e6:.0f} MB)")
-        for s, e, xb in self._batches():
-            for cs in range(s, e, 32):
-                ce = min(cs + 32, e)
-                J[cs * self.C : ce * self.C] = self._jac_batch(xb[cs - s : ce - s]).detach().reshape(-1, self.p)
-                if bar is not None:
-                    bar.update(ce - cs)
+        outs = []
+        for s, e, _, out in self._jac_chunks(J):
+            outs.append(out.detach())
+            if bar is not None:
+                bar.update(e - s)
             eta.update(e)
         if bar is not None:
             bar.close()
         eta.done()
+        self._dense_outputs = torch.cat(outs)  # f(X; w̄) from the same forward passes (CachedJacobian.build)
         return J
 
 
@@ -309,7 +359,8 @@ class CachedJacobian(_SourceBase):
     def build(cls, src: StreamingJacobian, *, progress: bool = False) -> "CachedJacobian":
         t = time.perf_counter()
         J = src.dense(progress=progress)
-        out = src.outputs()
+        out = src.__dict__.pop("_dense_outputs", None)
+        out = src.outputs() if out is None else out
         return cls(J, out, loss=src.loss, build_seconds=time.perf_counter() - t)
 
     def subset(self, idx) -> "CachedJacobian":
