@@ -47,6 +47,17 @@ class ForgetSetError(InvalidInputError):
     """Bad forget/retain specification (empty, whole set, overlap, duplicates, out of range)."""
 
 
+class PreconditionerError(InvalidInputError):
+    """A preconditioner cannot be built for this operator (bad rank or ridge, a diagonal that is not
+    positive, no cheap diagonal); raised before any solver work."""
+
+
+class NoDiagonalError(PreconditionerError, NotImplementedError):
+    """The operator has no cheap ``diagonal()`` (Jacobi needs one): use Nyström or no preconditioner.
+
+    Also a ``NotImplementedError``, which ``TorchLinearOperator.diagonal`` raised before."""
+
+
 class ConfigError(InvalidInputError):
     """A configuration file or CLI option is invalid (unknown key, bad value)."""
 
@@ -57,6 +68,18 @@ class CheckpointError(FastNTKError, OSError):
 
 class NumericalError(FastNTKError, ArithmeticError):
     """A computation produced non-finite or exploding values."""
+
+
+class HarmfulUpdateError(FastNTKError, RuntimeError):
+    """An unlearning update made the model worse on its own retain objective than doing nothing.
+
+    Raised by the do-no-harm check (:func:`fastntk.update.guard.check_no_harm`) after damping did not
+    help; the model was not changed.  The check's figures are attached as ``.check``.
+    """
+
+    def __init__(self, message: str, check=None):
+        super().__init__(message)
+        self.check = check
 
 
 class ConvergenceError(FastNTKError, RuntimeError):
@@ -82,7 +105,10 @@ __all__ = [
     "DataError",
     "ForgetSetError",
     "ConfigError",
+    "PreconditionerError",
+    "NoDiagonalError",
     "CheckpointError",
     "NumericalError",
+    "HarmfulUpdateError",
     "ConvergenceError",
 ]

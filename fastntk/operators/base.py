@@ -4,13 +4,17 @@ Every operator derives all products from one primitive, ``_matmat(X)`` with
 ``X`` of shape ``(shape[1], k)``.  ``matvec``, ``matmat``, ``@``, ``to_scipy()``
 and ``to_cupy()`` all route through it after one input check (shape, dtype,
 device -> typed errors from :mod:`fastntk.errors`).
+
+The solvers of :mod:`fastntk.solvers` take these operators directly: with a torch right-hand side
+(CPU or CUDA) ``cg(op, b)`` applies ``op.matmat`` to torch tensors on the operator's device (array
+API loop, no host copy); with a NumPy right-hand side they go through ``to_scipy()``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailableError, DeviceError, DTypeError, ShapeError
+from ..errors import BackendUnavailableError, DeviceError, DTypeError, NoDiagonalError, ShapeError
 
 __all__ = ["TorchLinearOperator"]
 
@@ -27,6 +31,8 @@ class TorchLinearOperator:
     dtype: torch.dtype
     device: torch.device
     symmetric: bool = False
+    #: tells :mod:`fastntk.solvers` to apply the operator to torch tensors directly (no import of this module there)
+    is_torch_operator: bool = True
 
     def __init__(self, shape, dtype, device):
         self.shape = (int(shape[0]), int(shape[1]))
@@ -95,8 +101,10 @@ class TorchLinearOperator:
         """Materialize the operator (tests and tiny problems only)."""
         return self.matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))
 
-    def diagonal(self) -> torch.Tensor:  # pragma: no cover - optional
-        raise NotImplementedError(f"{type(self).__name__} has no cheap diagonal")
+    def diagonal(self) -> torch.Tensor:
+        """``diag(A)`` where it is cheap; else :class:`fastntk.errors.NoDiagonalError` (also a
+        ``NotImplementedError``), before any work, so a Jacobi preconditioner fails early."""
+        raise NoDiagonalError(f"{type(self).__name__} has no cheap diagonal")
 
     # ---------------------------------------------------------------- adapters
     def to_scipy(self):

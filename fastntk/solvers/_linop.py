@@ -2,9 +2,10 @@
 
 Every public solver calls :func:`make_system` (or :func:`as_operator`) first.  It
 
-* turns the operator ``A`` into a :class:`Operator` (shape, dtype, array module ``xp``,
+* turns the operator ``A`` into a :class:`Operator` (shape, dtype, array namespace ``xp``,
   ``matvec``/``matmat`` that count operator applications),
-* picks the backend (``"scipy"``, ``"numba"``, ``"cupy"``) and says why (``reason``),
+* picks the backend (``"scipy"``, ``"numba"``, ``"numpy"``, ``"cupy"``, ``"torch"``) and says why
+  (``reason``),
 * validates ``b``, ``x0``, ``M``, ``rtol``, ``atol``, ``maxiter``, ``on_fail``, ``callback``,
 
 and raises the typed errors of :mod:`fastntk.errors` *before any matvec*.
@@ -12,7 +13,14 @@ and raises the typed errors of :mod:`fastntk.errors` *before any matvec*.
 Accepted operators: a NumPy array, anything :func:`scipy.sparse.linalg.aslinearoperator` accepts
 (LinearOperator, sparse matrix), an object with ``to_scipy()`` (or ``to_cupy()`` on the CuPy
 path), any object with ``.shape``, ``.dtype`` and ``.matvec`` (``.matmat`` optional), a CuPy
-array or a ``cupyx.scipy.sparse.linalg.LinearOperator`` (then the CuPy backend is used).
+array or a ``cupyx.scipy.sparse.linalg.LinearOperator`` (then the CuPy backend is used), a torch
+tensor, or a torch operator (``fastntk.operators.TorchLinearOperator``).
+
+**Which array library runs the solve** (``xp``, an ``array-api-compat`` namespace, see
+:mod:`fastntk.solvers._xp`): the right-hand side decides.  A torch ``b`` (CPU or CUDA) runs the solve
+on torch tensors of its device — a torch operator is applied directly, with no host copy; a NumPy
+``b`` with a torch operator goes through its ``to_scipy()`` adapter, as before.  Without a
+right-hand side (Lanczos, preconditioner builds) a torch operator or tensor runs on torch.
 This module never imports torch, cupy or numba at import time.
 """
 from __future__ import annotations
@@ -26,12 +34,14 @@ import numpy as np
 
 from ..errors import (
     BackendUnavailableError,
+    DeviceError,
     DTypeError,
     InvalidInputError,
     ShapeError,
 )
+from . import _xp
 
-BACKENDS = ("auto", "scipy", "numba", "cupy")
+BACKENDS = ("auto", "scipy", "numba", "cupy", "torch")
 ON_FAIL = ("raise", "warn", "ignore")
 
 # Crossover for backend="auto" on CPU (benchmarks/results/numba_kernels.md, 2-core box shared with
@@ -59,13 +69,19 @@ def is_cupy_object(obj: Any) -> bool:
     return any((c.__module__ or "").startswith("cupyx") for c in type(obj).__mro__[1:])
 
 
-def get_xp(x: Any):
-    """NumPy or CuPy, the module that owns array ``x``."""
-    if is_cupy_object(x):
-        import cupy  # noqa: PLC0415
+def is_torch_operator(obj: Any) -> bool:
+    """True for a fastntk torch operator (``TorchLinearOperator`` sets ``is_torch_operator``)."""
+    return bool(getattr(type(obj), "is_torch_operator", False))
 
-        return cupy
-    return np
+
+def get_xp(x: Any):
+    """The array-api-compat namespace of array ``x`` (NumPy for anything that is not a CuPy/torch array)."""
+    if is_cupy_object(x) and not _xp.is_array(x):  # a cupyx LinearOperator
+        require_cupy()
+        import array_api_compat.cupy as acp  # noqa: PLC0415
+
+        return acp
+    return _xp.namespace(x)
 
 
 def numba_available() -> bool:
@@ -91,9 +107,20 @@ def require_cupy():
     return cupy
 
 
-def _to_array(x: Any, name: str, xp) -> Any:
-    """Convert a vector/matrix argument to an array of module xp (no torch import)."""
-    if xp is np:
+def _to_array(x: Any, name: str, xp, dev=None) -> Any:
+    """Convert a vector/matrix argument to an array of namespace xp on device ``dev`` (no torch import)."""
+    k = _xp.kind(xp)
+    if k == "torch":
+        if not _xp.is_array(x) or is_cupy_object(x):
+            x = _xp.to_numpy(x)
+        else:
+            x_dev = _xp.device(x)
+            if dev is not None and x_dev != dev and _xp.kind(_xp.namespace(x)) == "torch":
+                raise DeviceError(f"{name} lives on {x_dev} but the operator on {dev}; move it with .to('{dev}').")
+        arr = xp.asarray(x, device=dev) if dev is not None else xp.asarray(x)
+        _check_real(arr, name)
+        return arr
+    if _xp.is_numpy(xp):
         if is_cupy_object(x):
             raise InvalidInputError(f"{name} is a CuPy array but the operator lives on the CPU; "
                                     f"move it with cupy.asnumpy({name}) or pass a GPU operator.")
@@ -109,10 +136,18 @@ def _to_array(x: Any, name: str, xp) -> Any:
             arr = xp.from_dlpack(x)
         else:
             arr = xp.asarray(np.asarray(x))
-    if arr.dtype.kind not in "fiub":
+    _check_real(arr, name)
+    return arr
+
+
+def _check_real(arr, name):
+    try:
+        knd = _xp.np_dtype(arr.dtype).kind
+    except TypeError:  # e.g. torch.bfloat16, which NumPy has no dtype for
+        knd = "?"
+    if knd not in "fiub":
         raise DTypeError(f"{name} has dtype {arr.dtype}; fastntk solvers need real floating point "
                          f"(float32 or float64).")
-    return arr
 
 
 def result_dtype(*dtypes) -> np.dtype:
@@ -139,10 +174,12 @@ class Operator:
     """
 
     def __init__(self, shape, dtype, xp, matvec: Callable, matmat: Optional[Callable], source: Any,
-                 kind: str):
+                 kind: str, *, device=None, cast_input: bool = False):
         self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = np.dtype(dtype)
-        self.xp = xp
+        self.dtype = _xp.np_dtype(dtype)
+        self.xp = _xp.compat(xp)
+        self.device = device if device is not None else "cpu"
+        self._cast = cast_input  # a torch operator accepts only its own dtype
         self._mv = matvec
         self._mm = matmat
         self.source = source
@@ -154,21 +191,25 @@ class Operator:
     def n(self) -> int:
         return self.shape[0]
 
+    def _in(self, x):
+        return _xp.astype(self.xp, x, self.dtype) if self._cast else x
+
     def matvec(self, x):
         self.n_matvecs += 1
         self.n_matmat_calls += 1
-        y = self._mv(x)
-        return self.xp.asarray(y).reshape(-1)
+        y = self._mv(self._in(x))
+        return self.xp.reshape(self.xp.asarray(y), (-1,))
 
     def matmat(self, X):
         k = X.shape[1]
         self.n_matvecs += k
         self.n_matmat_calls += 1
+        xp = self.xp
         if self._mm is not None:
-            Y = self.xp.asarray(self._mm(X))
-            return Y.reshape(self.shape[0], k)
-        cols = [self.xp.asarray(self._mv(X[:, j])).reshape(-1) for j in range(k)]
-        return self.xp.stack(cols, axis=1) if cols else self.xp.zeros((self.shape[0], 0), X.dtype)
+            Y = xp.asarray(self._mm(self._in(X)))
+            return xp.reshape(Y, (self.shape[0], k))
+        cols = [xp.reshape(xp.asarray(self._mv(self._in(X[:, j]))), (-1,)) for j in range(k)]
+        return xp.stack(cols, axis=1) if cols else xp.zeros((self.shape[0], 0), dtype=X.dtype, device=self.device)
 
     __matmul__ = lambda self, x: self.matvec(x) if x.ndim == 1 else self.matmat(x)  # noqa: E731
 
@@ -180,8 +221,12 @@ class Operator:
                                 "(JacobiPreconditioner(diag)) or use another preconditioner.")
 
     def to_scipy(self):
-        """A SciPy LinearOperator that counts through this wrapper (CPU only)."""
+        """A SciPy LinearOperator that counts through this wrapper (NumPy operators only)."""
         import scipy.sparse.linalg as spla  # noqa: PLC0415
+
+        if not _xp.is_numpy(self.xp):
+            raise InvalidInputError(f"this operator runs on {_xp.kind(self.xp)} arrays; SciPy needs NumPy: "
+                                    f"pass NumPy arrays (or the operator's own to_scipy()).")
 
         return spla.LinearOperator(self.shape, matvec=self.matvec, matmat=self.matmat, rmatvec=self.matvec,
                                    dtype=self.dtype)
@@ -197,14 +242,61 @@ def _check_square(shape, what="operator A"):
         raise ShapeError(f"{what} is empty (shape {tuple(shape)}).")
 
 
-def as_operator(A: Any, *, prefer_gpu: bool = False) -> Operator:
-    """Wrap any accepted operator (see module doc) in a counting :class:`Operator`."""
+def _dense_operator(M, xp, kind: str) -> Operator:
+    """A dense square matrix of namespace ``xp`` as an Operator (checked: real, finite)."""
+    _check_real(M, "operator A")
+    _check_square(tuple(M.shape))
+    dt = _xp.np_dtype(M.dtype)
+    if dt.kind != "f":
+        M = _xp.astype(xp, M, np.float64)
+    if not bool(xp.all(xp.isfinite(M))):
+        raise InvalidInputError("operator A contains NaN or Inf.")
+    return Operator(M.shape, M.dtype, xp, lambda x: M @ x, lambda X: M @ X, M, kind, device=_xp.device(M))
+
+
+def _torch_operator(A: Any, like: Any) -> Operator:
+    """A torch tensor or torch operator, applied to torch tensors directly (no host copy)."""
+    import array_api_compat.torch as atorch  # noqa: PLC0415
+
+    if _xp.is_array(A):  # a dense torch matrix
+        return _dense_operator(A, atorch, "torch-dense")
+    shape = tuple(A.shape)
+    _check_square(shape)
+    dev = getattr(A, "device", None)
+    if dev is None:
+        dev = _xp.device(like) if like is not None else "cpu"
+    mm = getattr(A, "matmat", None)
+    return Operator(shape, getattr(A, "dtype", np.float64), atorch, A.matvec, mm if callable(mm) else None, A,
+                    "torch-linop", device=dev, cast_input=True)
+
+
+def as_operator(A: Any, *, prefer_gpu: bool = False, like: Any = None) -> Operator:
+    """Wrap any accepted operator (see module doc) in a counting :class:`Operator`.
+
+    ``like``: the right-hand side, when there is one; its array library decides where the solve runs
+    (a torch ``like`` → torch, a NumPy ``like`` with a torch operator → the operator's ``to_scipy()``).
+    """
     if isinstance(A, Operator):
         A.n_matvecs = 0
         A.n_matmat_calls = 0
         return A
     if A is None:
         raise InvalidInputError("operator A is None.")
+    torch_like = like is not None and _xp.kind(_xp.namespace(like)) == "torch"
+    a_is_array = _xp.is_array(A)
+    if a_is_array and _xp.kind(_xp.namespace(A)) == "torch":
+        return _torch_operator(A, like)
+    if is_torch_operator(A) and (like is None or torch_like):
+        return _torch_operator(A, like)
+    if torch_like:
+        import array_api_compat.torch as atorch  # noqa: PLC0415
+
+        if isinstance(A, (np.ndarray, list, tuple)):  # a dense host matrix, moved next to b once
+            return _dense_operator(atorch.asarray(np.asarray(A), device=_xp.device(like)), atorch, "torch-dense")
+        if hasattr(A, "shape") and hasattr(A, "matvec") and not hasattr(A, "to_scipy") and not _is_scipy(A):
+            return _torch_operator(A, like)
+        raise InvalidInputError(f"b is a torch tensor but the operator ({type(A).__name__}) works on NumPy arrays; "
+                                f"pass b as a NumPy array, or a torch tensor / torch operator as A.")
     # fastntk / curvlinops style operators with an export
     if not is_cupy_object(A) and not isinstance(A, np.ndarray):
         if prefer_gpu and hasattr(A, "to_cupy") and callable(A.to_cupy):
@@ -224,12 +316,7 @@ def as_operator(A: Any, *, prefer_gpu: bool = False) -> Operator:
         M = np.asarray(A)
         if M.dtype.kind not in "fiub":
             raise DTypeError(f"operator A has dtype {M.dtype}; need real floating point.")
-        _check_square(M.shape)
-        if M.dtype.kind != "f":
-            M = M.astype(np.float64)
-        if not np.all(np.isfinite(M)):
-            raise InvalidInputError("operator A contains NaN or Inf.")
-        return Operator(M.shape, M.dtype, np, lambda x: M @ x, lambda X: M @ X, M, "dense")
+        return _dense_operator(M, np, "dense")
     # scipy sparse matrices and LinearOperators
     try:
         import scipy.sparse as sp  # noqa: PLC0415
@@ -245,11 +332,7 @@ def as_operator(A: Any, *, prefer_gpu: bool = False) -> Operator:
     if hasattr(A, "shape") and hasattr(A, "matvec"):
         shape = tuple(A.shape)
         _check_square(shape)
-        dt = getattr(A, "dtype", None) or np.float64
-        try:
-            dt = np.dtype(dt)
-        except TypeError:  # e.g. a torch dtype
-            dt = np.dtype(str(dt).replace("torch.", ""))
+        dt = _xp.np_dtype(getattr(A, "dtype", None) or np.float64)
         mm = getattr(A, "matmat", None)
         return Operator(shape, dt, np, A.matvec, mm if callable(mm) else None, A, "duck")
     if spla is not None:
@@ -264,12 +347,20 @@ def as_operator(A: Any, *, prefer_gpu: bool = False) -> Operator:
     raise InvalidInputError(f"cannot use {type(A).__name__} as a linear operator.")  # pragma: no cover
 
 
-def as_preconditioner(M: Any, n: int, xp) -> Optional[Operator]:
-    """Wrap a preconditioner (applied as M ≈ A⁻¹); ShapeError if it is not (n, n)."""
+def _is_scipy(A) -> bool:
+    mod = type(A).__module__ or ""
+    return mod.startswith("scipy") or any((c.__module__ or "").startswith("scipy") for c in type(A).__mro__[1:])
+
+
+def as_preconditioner(M: Any, n: int, xp, like: Any = None) -> Optional[Operator]:
+    """Wrap a preconditioner (applied as M ≈ A⁻¹); ShapeError if it is not (n, n).
+
+    ``like``: an array of the solve (namespace and device the preconditioner is applied on)."""
     if M is None:
         return None
+    dev = _xp.device(like) if like is not None else None
     if callable(M) and not hasattr(M, "shape"):
-        return Operator((n, n), np.float64, xp, M, None, M, "callable")
+        return Operator((n, n), np.float64, xp, M, None, M, "callable", device=dev)
     shape = getattr(M, "shape", None)
     if shape is None:
         raise InvalidInputError(f"preconditioner M of type {type(M).__name__} has no shape.")
@@ -279,11 +370,15 @@ def as_preconditioner(M: Any, n: int, xp) -> Optional[Operator]:
                          f"preconditioner from the same operator.")
     if hasattr(M, "matvec") and hasattr(M, "build_matvecs"):  # fastntk preconditioner: array-generic
         mm = getattr(M, "matmat", None)
-        return Operator(shape, getattr(M, "dtype", np.float64), xp, M.matvec, mm, M, "precond")
-    if xp is not np and not is_cupy_object(M):
+        return Operator(shape, getattr(M, "dtype", np.float64), xp, M.matvec, mm, M, "precond", device=dev)
+    k = _xp.kind(_xp.compat(xp))
+    if k == "cupy" and not is_cupy_object(M):
         raise InvalidInputError("preconditioner M lives on the CPU but the operator is on the GPU; use a "
                                 "fastntk preconditioner (array-generic) or a CuPy operator.")
-    op = as_operator(M)
+    if k == "torch" and not (is_torch_operator(M) or (_xp.is_array(M) and _xp.kind(_xp.namespace(M)) == "torch")):
+        raise InvalidInputError("preconditioner M works on NumPy arrays but the solve runs on torch tensors; use a "
+                                "fastntk preconditioner (array-generic), a torch tensor or a torch operator.")
+    op = as_operator(M, like=like)
     op.kind = "precond-" + op.kind
     return op
 
@@ -322,10 +417,20 @@ def check_callback(callback):
 # --------------------------------------------------------------------------------------------
 # backend choice
 # --------------------------------------------------------------------------------------------
-def resolve_backend(backend: str, A: Any, b: Any, n: int, *, own_loop_only: bool = False):
-    """Return (backend, reason).  ``own_loop_only``: the method has no SciPy version."""
+def resolve_backend(backend: str, A: Any, b: Any, n: int, *, own_loop_only: bool = False, xp=None):
+    """Return (backend, reason).  ``own_loop_only``: the method has no SciPy version.
+
+    ``xp``: the namespace the solve runs in; torch tensors always run fastntk's own loop
+    (``"torch"``), on the tensors' device."""
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    if xp is not None and _xp.kind(xp) == "torch":
+        if backend not in ("auto", "torch"):
+            raise InvalidInputError(f"backend={backend!r} needs NumPy or CuPy arrays but the solve runs on torch "
+                                    f"tensors; use backend='auto' or 'torch', or pass NumPy arrays.")
+        return "torch", "requested" if backend == "torch" else "auto: torch tensors (array API loop on their device)"
+    if backend == "torch":
+        raise InvalidInputError("backend='torch' needs a torch right-hand side (or a torch operator/tensor as A).")
     on_gpu = is_cupy_object(A) or is_cupy_object(b)
     if backend == "cupy":
         require_cupy()
@@ -385,13 +490,14 @@ def make_system(A, b, *, x0=None, M=None, rtol=1e-6, atol=0.0, maxiter=None, bac
         raise InvalidInputError(f"backend must be one of {BACKENDS}; got {backend!r}.")
     if backend == "cupy":
         require_cupy()
-    op = as_operator(A, prefer_gpu=(backend == "cupy") or is_cupy_object(b))
+    op = as_operator(A, prefer_gpu=(backend == "cupy") or is_cupy_object(b), like=b if _xp.is_array(b) else None)
     n = op.n
     xp = op.xp
-    if backend == "cupy" and xp is np:  # CPU operator, GPU requested: move a dense matrix over
+    if backend == "cupy" and _xp.kind(xp) != "cupy":  # CPU operator, GPU requested: move a dense matrix over
         raise InvalidInputError("backend='cupy' needs a GPU operator: a CuPy array, a cupyx LinearOperator "
                                 "or an object with to_cupy().")
-    bb = _to_array(b, "b", xp)
+    dev = op.device if _xp.kind(xp) == "torch" else None
+    bb = _to_array(b, "b", xp, dev)
     if block:
         if bb.ndim == 1:
             bb = bb.reshape(-1, 1)
@@ -407,10 +513,10 @@ def make_system(A, b, *, x0=None, M=None, rtol=1e-6, atol=0.0, maxiter=None, bac
                              + (" Use block_cg for several right-hand sides." if bb.ndim == 2 else ""))
     _check_finite(bb, "b", xp)
     rtol, atol, maxiter = check_tolerances(rtol, atol, maxiter, n, maxiter_factor)
-    dt = result_dtype(op.dtype, bb.dtype)
-    bb = bb.astype(dt, copy=False)
+    dt = result_dtype(op.dtype, _xp.np_dtype(bb.dtype))
+    bb = _xp.astype(xp, bb, dt)
     if x0 is not None:
-        xx = _to_array(x0, "x0", xp)
+        xx = _to_array(x0, "x0", xp, dev)
         if block:
             if xx.ndim == 1:
                 xx = xx.reshape(-1, 1)
@@ -422,17 +528,15 @@ def make_system(A, b, *, x0=None, M=None, rtol=1e-6, atol=0.0, maxiter=None, bac
             if tuple(xx.shape) != (n,):
                 raise ShapeError(f"x0 has shape {tuple(xx.shape)}, expected ({n},).")
         _check_finite(xx, "x0", xp)
-        xx = xx.astype(dt, copy=True)
+        xx = _xp.astype(xp, xx, dt, copy=True)
     else:
         xx = None
-    Mop = as_preconditioner(M, n, xp)
-    be, reason = resolve_backend(backend, A, b, n, own_loop_only=own_loop_only)
+    Mop = as_preconditioner(M, n, xp, like=bb)
+    be, reason = resolve_backend(backend, A, b, n, own_loop_only=own_loop_only, xp=xp)
     if block:
-        bnorm = xp.linalg.norm(bb, axis=0)
-        bnorm_h = np.asarray(bnorm.get() if xp is not np else bnorm, dtype=np.float64)
-        tol = np.maximum(rtol * bnorm_h, atol)
-        bnorm = bnorm_h
+        bnorm = np.asarray(_xp.to_numpy(_xp.norm(xp, bb, axis=0)), dtype=np.float64)
+        tol = np.maximum(rtol * bnorm, atol)
     else:
-        bnorm = float(xp.linalg.norm(bb))
+        bnorm = _xp.norm(xp, bb)
         tol = max(rtol * bnorm, atol)
     return System(op, bb, xx, Mop, rtol, atol, maxiter, be, reason, xp, dt, bnorm, tol)

@@ -5,9 +5,12 @@
 ``‖b − A x‖₂ ≤ max(rtol‖b‖₂, atol)``.
 
 Backends: ``"scipy"`` wraps :func:`scipy.sparse.linalg.cg`; ``"numba"`` is fastntk's own PCG
-loop with fused Numba vector updates (``"numpy"`` when Numba is missing); ``"cupy"`` is the same
-own loop on CuPy arrays (CuPy's ``cg`` neither returns an iteration count nor lets us recompute
-the true residual cheaply; our loop does one host sync per iteration, for the convergence check).
+loop with fused Numba vector updates (``"numpy"`` when Numba is missing); ``"cupy"`` and
+``"torch"`` are the same own loop written against the array API standard (``array-api-compat``,
+see :mod:`fastntk.solvers._xp`) on CuPy arrays or torch tensors of any device — a torch operator on
+CUDA tensors is applied in place, with no host copy (CuPy's ``cg`` neither returns an iteration
+count nor lets us recompute the true residual cheaply; our loop does one host sync per iteration,
+for the convergence check).
 
 Residual replacement: when the recursive residual says "converged", the true residual is
 recomputed (one matvec).  If it is still above the tolerance (drift, e.g. in float32, CuPy
@@ -22,6 +25,7 @@ import time
 
 import numpy as np
 
+from . import _xp
 from ._linop import make_system
 from .result import SolveResult, finish
 
@@ -29,20 +33,19 @@ MAX_RESTARTS = 3
 
 
 def _dot(xp, a, b):
-    return float(xp.vdot(a, b)) if xp is not np else float(a @ b)
+    return _xp.dot(a, b)
 
 
 def _norm(xp, a):
-    return float(xp.linalg.norm(a))
+    return _xp.norm(xp, a)
 
 
 def _apply(op, v, dtype):
-    y = op.matvec(v)
-    return y if y.dtype == dtype else y.astype(dtype)
+    return _xp.astype(op.xp, op.matvec(v), dtype)
 
 
 # ------------------------------------------------------------------------------------------
-# own PCG loop (numba / numpy / cupy)
+# own PCG loop (numba / numpy on NumPy; the same loop on CuPy arrays and torch tensors)
 # ------------------------------------------------------------------------------------------
 def _pcg_own(S, callback, use_numba):
     from . import _numba_kernels as K  # noqa: PLC0415
@@ -50,16 +53,19 @@ def _pcg_own(S, callback, use_numba):
 
     xp, A, M, b, dt = S.xp, S.A, S.M, S.b, S.dtype
     tol, maxiter = S.tolerance, S.maxiter
-    on_cpu = xp is np
+    on_cpu = _xp.is_numpy(xp)  # NumPy arrays: fused (Numba) vector kernels; else array API updates
     if on_cpu:
         cgu, cguj, pu = K.kernels(use_numba)
         b = np.ascontiguousarray(b)
     jac = None
     if on_cpu and M is not None and isinstance(M.source, JacobiPreconditioner):
         jac = np.ascontiguousarray(M.source.dinv_for(b)).astype(dt, copy=False)
-    x = xp.zeros_like(b) if S.x0 is None else xp.ascontiguousarray(S.x0)
+    if S.x0 is None:
+        x = xp.zeros_like(b)
+    else:
+        x = np.ascontiguousarray(S.x0) if on_cpu else S.x0
     hist, it, restarts, breakdown = [], 0, 0, None
-    r = b.copy() if S.x0 is None or not bool(xp.any(x)) else b - _apply(A, x, dt)
+    r = _xp.copy(xp, b) if S.x0 is None or not bool(xp.any(x)) else b - _apply(A, x, dt)
     while True:
         rnorm = _norm(xp, r)
         hist.append(rnorm)
@@ -70,7 +76,7 @@ def _pcg_own(S, callback, use_numba):
             else:
                 z = r if M is None else _apply(M, r, dt)
             rz = _dot(xp, r, z)
-            p = z.copy()
+            p = _xp.copy(xp, z)
             while it < maxiter:
                 q = _apply(A, p, dt)
                 pq = _dot(xp, p, q)
@@ -178,7 +184,7 @@ def cg(A, b, *, rtol=1e-6, atol=0.0, maxiter=None, M=None, x0=None, callback=Non
         x, it, hist, tn, info = _cg_scipy(S, callback)
     else:
         x, it, hist, tn, info = _pcg_own(S, callback, use_numba=(S.backend == "numba"))
-    info.update(backend_reason=S.reason, operator=S.A.kind,
+    info.update(backend_reason=S.reason, operator=S.A.kind, array_namespace=_xp.kind(S.xp),
                 precond_applications=(S.M.n_matvecs if S.M is not None else 0))
     res = SolveResult(x=x, converged=bool(tn <= S.tolerance), iterations=it, matvecs=S.A.n_matvecs,
                       residual_history=hist, true_residual=tn, rhs_norm=S.bnorm, tolerance=S.tolerance,
@@ -197,20 +203,16 @@ def _orth_basis(xp, P, rel_tol):
     """
     if P.shape[1] == 0:
         return P
-    if xp is np:
-        import scipy.linalg as sla  # noqa: PLC0415
-
-        Q, R, _ = sla.qr(P, mode="economic", pivoting=True)
-    else:
-        Q, R = xp.linalg.qr(P)
-    d = xp.abs(xp.diag(R))
+    Q, d = _xp.orth_qr(xp, P)
+    d = np.asarray(_xp.to_numpy(d), dtype=np.float64)
     dmax = float(d.max()) if d.size else 0.0
     if dmax == 0.0:
         return P[:, :0]
-    keep = d > rel_tol * dmax
-    if xp is np:
-        return Q[:, keep]
-    return Q[:, xp.asnumpy(keep) if hasattr(xp, "asnumpy") else keep]
+    return _xp.take_columns(xp, Q, d > rel_tol * dmax)
+
+
+def _matmat(op, X, dtype):
+    return _xp.astype(op.xp, op.matmat(X), dtype)
 
 
 def block_cg(A, B, *, rtol=1e-6, atol=0.0, maxiter=None, M=None, X0=None, callback=None, backend="auto",
@@ -240,18 +242,17 @@ def block_cg(A, B, *, rtol=1e-6, atol=0.0, maxiter=None, M=None, X0=None, callba
     n, k = Bm.shape
     tol_h = np.asarray(S.tolerance, dtype=np.float64)
     X = xp.zeros_like(Bm) if S.x0 is None else S.x0
-    R = Bm.copy() if S.x0 is None or not bool(xp.any(X)) else Bm - Aop.matmat(X).astype(dt, copy=False)
+    R = _xp.copy(xp, Bm) if S.x0 is None or not bool(xp.any(X)) else Bm - _matmat(Aop, X, dt)
     hist, hist_cols, it, restarts, breakdown = [], [], 0, 0, None
     rel = max(n, 10) * float(np.finfo(dt).eps)
 
     def colnorms(R_):
-        v = xp.linalg.norm(R_, axis=0)
-        return np.asarray(v.get() if xp is not np else v, dtype=np.float64)
+        return np.asarray(_xp.to_numpy(_xp.norm(xp, R_, axis=0)), dtype=np.float64)
 
     def precond(R_):
         if Mop is None:
             return R_
-        return Mop.matmat(R_).astype(dt, copy=False)
+        return _matmat(Mop, R_, dt)
 
     while True:
         rn = colnorms(R)
@@ -259,25 +260,21 @@ def block_cg(A, B, *, rtol=1e-6, atol=0.0, maxiter=None, M=None, X0=None, callba
         hist_cols.append(rn.tolist())
         active = rn > tol_h
         if active.any() and it < S.maxiter:
-            P = _orth_basis(xp, precond(R[:, active]), rel)
+            P = _orth_basis(xp, precond(_xp.take_columns(xp, R, active)), rel)
             while it < S.maxiter and P.shape[1] > 0:
-                Q = Aop.matmat(P).astype(dt, copy=False)
+                Q = _matmat(Aop, P, dt)
                 PtQ = P.T @ Q
                 PtQ = 0.5 * (PtQ + PtQ.T)
                 try:
                     L = xp.linalg.cholesky(PtQ)
-                except Exception:  # numpy LinAlgError / cupy returns NaN
+                except Exception:  # numpy LinAlgError / torch linalg error / cupy returns NaN
                     L = None
                 if L is None or not bool(xp.all(xp.isfinite(L))):
                     breakdown = f"PᵀAP not positive definite at iteration {it}: the operator is not SPD"
                     break
 
-                def solve(Rhs):
-                    if xp is np:
-                        import scipy.linalg as sla  # noqa: PLC0415
-
-                        return sla.cho_solve((L, True), Rhs)
-                    return xp.linalg.solve(PtQ, Rhs)
+                def solve(Rhs, L=L):  # (PᵀAP)⁻¹ Rhs with the Cholesky factor L Lᵀ = PᵀAP
+                    return _xp.solve_triangular(xp, L.T, _xp.solve_triangular(xp, L, Rhs, lower=True), lower=False)
 
                 alpha = solve(P.T @ R)
                 X += P @ alpha
@@ -294,20 +291,20 @@ def block_cg(A, B, *, rtol=1e-6, atol=0.0, maxiter=None, M=None, X0=None, callba
                 active = rn > tol_h
                 if not active.any():
                     break
-                Z = precond(R[:, active])
+                Z = precond(_xp.take_columns(xp, R, active))
                 Pn = Z - P @ solve(Q.T @ Z)
                 P = _orth_basis(xp, Pn, rel)
-        Rt = Bm - Aop.matmat(X).astype(dt, copy=False)
+        Rt = Bm - _matmat(Aop, X, dt)
         tn = colnorms(Rt)
         if np.all(tn <= tol_h) or it >= S.maxiter or breakdown is not None or restarts >= MAX_RESTARTS:
             break
         restarts += 1
         R = Rt
     info = dict(restarts=restarts, backend_reason=S.reason, operator=Aop.kind, residual_history_columns=hist_cols,
-                matmat_calls=Aop.n_matmat_calls)
+                matmat_calls=Aop.n_matmat_calls, array_namespace=_xp.kind(xp))
     if breakdown:
         info["breakdown"] = breakdown
-    be = "cupy" if xp is not np else "numpy"  # block CG uses BLAS-3 NumPy/CuPy, no Numba kernels
+    be = _xp.kind(xp)  # block CG is BLAS-3 array API code on every library, no Numba kernels
     res = SolveResult(x=X, converged=bool(np.all(tn <= tol_h)), iterations=it, matvecs=Aop.n_matvecs,
                       residual_history=hist, true_residual=tn, rhs_norm=np.asarray(S.bnorm), tolerance=tol_h,
                       seconds=time.perf_counter() - t0, backend=be, method="block_cg", info=info)

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from ..errors import InvalidInputError
+from . import _xp
 from ._linop import as_operator, is_cupy_object, require_cupy
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,17 @@ def lanczos_tridiag(op, v0, m, *, reorth="full", rng=None):
     n = op.n
     m = min(int(m), n)
     rng = rng or np.random.default_rng(0)
-    V = xp.zeros((n, m), dtype=xp.float64)
+    V = xp.zeros((n, m), dtype=xp.float64, device=op.device)
     alpha = np.zeros(m)
     beta = np.zeros(max(m - 1, 0))
-    v = xp.asarray(v0, dtype=xp.float64).reshape(-1)
-    v = v / xp.linalg.norm(v)
+    v = xp.reshape(_xp.astype(xp, v0, np.float64), (-1,))
+    v = v / _xp.norm(xp, v)
     scale = 0.0
     j = 0
     for j in range(m):
         V[:, j] = v
-        w = xp.asarray(op.matvec(v), dtype=xp.float64).reshape(-1)
-        a = float(v @ w)
+        w = xp.reshape(_xp.astype(xp, op.matvec(v), np.float64), (-1,))
+        a = _xp.dot(v, w)
         alpha[j] = a
         if j + 1 == m:
             break
@@ -63,16 +64,16 @@ def lanczos_tridiag(op, v0, m, *, reorth="full", rng=None):
             w = w - Vj @ (Vj.T @ w)
         else:
             w = w - a * v - (beta[j - 1] * V[:, j - 1] if j > 0 else 0.0)
-        b = float(xp.linalg.norm(w))
+        b = _xp.norm(xp, w)
         scale = max(scale, abs(a), b)
         if b <= 1e-10 * max(scale, np.finfo(float).tiny):
             # invariant subspace found: continue in the orthogonal complement (β_j = 0)
             for _ in range(3):
-                w = xp.asarray(rng.standard_normal(n))
+                w = _xp.from_numpy(xp, rng.standard_normal(n), V)
                 Vj = V[:, : j + 1]
                 w = w - Vj @ (Vj.T @ w)
                 w = w - Vj @ (Vj.T @ w)
-                nw = float(xp.linalg.norm(w))
+                nw = _xp.norm(xp, w)
                 if nw > 1e-8:
                     break
             beta[j] = 0.0
@@ -99,7 +100,7 @@ def lanczos(A, k, *, which="LA", maxiter=None, reorth="full", seed=0, tol=1e-8, 
     |β_m s_{m,i}| ≤ tol·max|θ|, or m = maxiter (default min(n, max(4k, k + 60))), or m = n (exact).
     Returns (eigenvalues (k,), eigenvectors (n, k)): descending for "LA", ascending for "SA"; plus
     an info dict (matvecs, steps, converged, max_residual) if ``return_info``.  The operator's
-    array module (NumPy or CuPy) is kept.
+    array library (NumPy, CuPy or torch, on the operator's device) is kept.
     """
     op = as_operator(A)
     n = op.n
@@ -111,7 +112,7 @@ def lanczos(A, k, *, which="LA", maxiter=None, reorth="full", seed=0, tol=1e-8, 
         raise InvalidInputError(f"maxiter={maxiter} < k={k}.")
     rng = np.random.default_rng(seed)
     xp = op.xp
-    v0 = xp.asarray(rng.standard_normal(n))
+    v0 = xp.asarray(rng.standard_normal(n), device=op.device)
     # simple strategy: run to m, check, double m if needed (re-running is avoided by running to m_max
     # in chunks of the same recurrence; for clarity we extend by re-running — matvecs are counted)
     m = min(m_max, max(2 * k + 10, 20))
@@ -120,8 +121,8 @@ def lanczos(A, k, *, which="LA", maxiter=None, reorth="full", seed=0, tol=1e-8, 
         op.n_matvecs = 0
         alpha, beta, V = lanczos_tridiag(op, v0, m, reorth=reorth, rng=np.random.default_rng(seed + 1))
         theta, S = _ritz(alpha, beta)
-        bm = 0.0 if m >= n else float(xp.linalg.norm(op.matvec(V[:, -1]) - alpha[-1] * V[:, -1]
-                                                     - (beta[-1] * V[:, -2] if m > 1 else 0)))
+        bm = 0.0 if m >= n else _xp.norm(xp, _xp.astype(xp, op.matvec(V[:, -1]), np.float64) - alpha[-1] * V[:, -1]
+                                         - (beta[-1] * V[:, -2] if m > 1 else 0))
         if m < n:
             op.n_matvecs -= 1  # the residual probe is a diagnostic; count below
             bm_cost = 1
@@ -140,7 +141,7 @@ def lanczos(A, k, *, which="LA", maxiter=None, reorth="full", seed=0, tol=1e-8, 
             break
         m = min(m_max, 2 * m)
     vals = theta[idx]
-    vecs = V @ xp.asarray(S[:, idx])
+    vecs = V @ _xp.from_numpy(xp, S[:, idx], V)
     if not converged:
         warnings.warn(f"lanczos: {k} eigenpairs not converged after {m} steps (max Ritz residual "
                       f"{res.max():.2e} > {tol * scale:.2e}); increase maxiter.", RuntimeWarning, stacklevel=2)
@@ -160,7 +161,7 @@ def eigsh(A, k, *, which="LA", method="auto", tol=0.0, maxiter=None, seed=0):
     n = op.n
     _check_k_which(k, which, n)
     if method == "auto":
-        if op.xp is not np:
+        if not _xp.is_numpy(op.xp):
             method = "lanczos"
         else:
             # ARPACK's "SA" mode (no shift-invert) converges very slowly on decaying spectra
@@ -172,8 +173,8 @@ def eigsh(A, k, *, which="LA", method="auto", tol=0.0, maxiter=None, seed=0):
     if method == "scipy":
         import scipy.sparse.linalg as spla  # noqa: PLC0415
 
-        if op.xp is not np:
-            raise InvalidInputError("method='scipy' needs a CPU operator; use 'cupy' or 'lanczos'.")
+        if not _xp.is_numpy(op.xp):
+            raise InvalidInputError("method='scipy' needs a NumPy operator; use 'lanczos' (torch, CuPy) or 'cupy'.")
         if k >= n - 1:
             raise InvalidInputError(f"ARPACK needs k < n - 1 (k={k}, n={n}); use method='lanczos'.")
         vals, vecs = spla.eigsh(op.to_scipy(), k=k, which=which, tol=tol, maxiter=maxiter,
@@ -182,7 +183,7 @@ def eigsh(A, k, *, which="LA", method="auto", tol=0.0, maxiter=None, seed=0):
         require_cupy()
         import cupyx.scipy.sparse.linalg as cspla  # noqa: PLC0415
 
-        if op.xp is np:
+        if _xp.kind(op.xp) != "cupy":
             raise InvalidInputError("method='cupy' needs a GPU operator (CuPy array / cupyx LinearOperator).")
         src = op.source if is_cupy_object(op.source) else None
         L = src if src is not None and not hasattr(src, "ndim") else cspla.LinearOperator(
@@ -205,7 +206,7 @@ def estimate_condition(A, *, ridge=0.0, steps=30, seed=0, return_extremes=False)
         raise InvalidInputError(f"ridge must be finite and >= 0; got {ridge}.")
     op = as_operator(A)
     rng = np.random.default_rng(seed)
-    alpha, beta, _ = lanczos_tridiag(op, op.xp.asarray(rng.standard_normal(op.n)), min(steps, op.n),
+    alpha, beta, _ = lanczos_tridiag(op, op.xp.asarray(rng.standard_normal(op.n), device=op.device), min(steps, op.n),
                                      rng=np.random.default_rng(seed + 1))
     theta, _ = _ritz(alpha, beta)
     lo, hi = float(theta.min()), float(theta.max())

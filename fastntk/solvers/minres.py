@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from . import _xp
 from ._linop import make_system
 from .result import SolveResult, finish
 
@@ -28,12 +29,15 @@ def _minres_own(S, callback):
     xp, A, M, b, dt = S.xp, S.A, S.M, S.b, S.dtype
     tol, maxiter = S.tolerance, S.maxiter
     eps = float(np.finfo(dt).eps)
+    def mv(op, v):
+        return _xp.astype(xp, op.matvec(v), dt)
+
     x = xp.zeros_like(b) if S.x0 is None else S.x0
-    r1 = b.copy() if S.x0 is None or not bool(xp.any(x)) else b - A.matvec(x).astype(dt, copy=False)
-    r0norm = float(xp.linalg.norm(r1))
+    r1 = _xp.copy(xp, b) if S.x0 is None or not bool(xp.any(x)) else b - mv(A, x)
+    r0norm = _xp.norm(xp, r1)
     hist, it, checks, breakdown = [], 0, 0, None
-    y = r1 if M is None else M.matvec(r1).astype(dt, copy=False)
-    beta1 = float(xp.vdot(r1, y)) if xp is not np else float(r1 @ y)
+    y = r1 if M is None else mv(M, r1)
+    beta1 = _xp.dot(r1, y)
     if beta1 < 0:
         breakdown = "the preconditioner M is not positive definite (rᵀMr < 0)"
         beta1 = 0.0
@@ -54,15 +58,15 @@ def _minres_own(S, callback):
         while it < maxiter:
             s = 1.0 / beta
             v = s * y
-            y = A.matvec(v).astype(dt, copy=False)
+            y = mv(A, v)
             if it >= 1:
                 y = y - (beta / oldb) * r1
-            alfa = float(xp.vdot(v, y)) if xp is not np else float(v @ y)
+            alfa = _xp.dot(v, y)
             y = y - (alfa / beta) * r2
             r1, r2 = r2, y
-            y = r2 if M is None else M.matvec(r2).astype(dt, copy=False)
+            y = r2 if M is None else mv(M, r2)
             oldb = beta
-            bb = float(xp.vdot(r2, y)) if xp is not np else float(r2 @ y)
+            bb = _xp.dot(r2, y)
             if bb < 0:
                 breakdown = "the preconditioner M is not positive definite (rᵀMr < 0)"
                 break
@@ -87,12 +91,12 @@ def _minres_own(S, callback):
                 breakdown = f"non-finite residual estimate at iteration {it}"
                 break
             if abs(phibar) <= trigger or beta == 0.0:
-                tn = float(xp.linalg.norm(b - A.matvec(x).astype(dt, copy=False)))
+                tn = _xp.norm(xp, b - mv(A, x))
                 checks += 1
                 if tn <= tol or checks >= MAX_CHECKS or beta == 0.0:
                     return x, it, hist, tn, dict(checks=checks, **({"breakdown": breakdown} if breakdown else {})), True
                 trigger = abs(phibar) * 0.1 * tol / max(tn, 1e-300)
-    tn = float(xp.linalg.norm(b - A.matvec(x).astype(dt, copy=False)))
+    tn = _xp.norm(xp, b - mv(A, x))
     return x, it, hist, tn, dict(checks=checks, **({"breakdown": breakdown} if breakdown else {})), True
 
 
@@ -148,7 +152,7 @@ def minres(A, b, *, rtol=1e-6, atol=0.0, maxiter=None, M=None, x0=None, callback
         be = S.backend if S.backend != "scipy" else "numpy"
         if be == "numba":  # the MINRES loop has no fused kernels: report what really ran
             be = "numpy"
-    info.update(backend_reason=S.reason, operator=S.A.kind)
+    info.update(backend_reason=S.reason, operator=S.A.kind, array_namespace=_xp.kind(S.xp))
     res = SolveResult(x=x, converged=bool(tn <= S.tolerance), iterations=it, matvecs=S.A.n_matvecs,
                       residual_history=hist, true_residual=tn, rhs_norm=S.bnorm, tolerance=S.tolerance,
                       seconds=time.perf_counter() - t0, backend=be, method="minres", info=info)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ..errors import InvalidInputError
+from . import _xp
 from ._linop import make_system
 from .result import MultiShiftResult, SolveResult, finish
 
@@ -54,11 +55,15 @@ def multishift_cg(A, b, shifts, *, rtol=1e-6, atol=0.0, maxiter=None, callback=N
     m = s.size
     s0 = float(s.min())
     ds = s - s0
-    X = xp.zeros((bb.shape[0], m), dtype=dt)
-    Ps = xp.repeat(bb[:, None], m, axis=1)
-    r = bb.copy()
-    p = bb.copy()
-    rr = float(r @ r)
+    X = xp.zeros((bb.shape[0], m), dtype=bb.dtype, device=Aop.device)
+    Ps = xp.concat([bb[:, None]] * m, axis=1)
+    r = _xp.copy(xp, bb)
+    p = _xp.copy(xp, bb)
+    rr = _xp.dot(r, r)
+
+    def dev(host):  # a host vector of per-shift scalars on the solve's device
+        return _xp.astype(xp, _xp.from_numpy(xp, host, bb), dt)
+
     zeta = np.ones(m)
     zeta_prev = np.ones(m)
     alpha_prev, beta_prev = 1.0, 0.0
@@ -68,10 +73,10 @@ def multishift_cg(A, b, shifts, *, rtol=1e-6, atol=0.0, maxiter=None, callback=N
     if math.sqrt(rr) <= tol:
         active[:] = False
     while active.any() and it < S.maxiter:
-        q = Aop.matvec(p).astype(dt, copy=False)
+        q = _xp.astype(xp, Aop.matvec(p), dt)
         if s0 != 0.0:
             q = q + s0 * p
-        pq = float(p @ q)
+        pq = _xp.dot(p, q)
         if not pq > 0:
             breakdown = f"pᵀ(A + s₀I)p = {pq:.3e} ≤ 0: A + min(shifts)·I is not positive definite"
             break
@@ -81,14 +86,14 @@ def multishift_cg(A, b, shifts, *, rtol=1e-6, atol=0.0, maxiter=None, callback=N
             zeta_next = np.where(active, zeta * zeta_prev * alpha_prev / den, zeta)
             ratio = np.where(active & (zeta != 0), zeta_next / zeta, 0.0)
         alpha_s = alpha * ratio
-        a_d = xp.asarray(np.where(active, alpha_s, 0.0).astype(dt))
+        a_d = dev(np.where(active, alpha_s, 0.0))
         X += Ps * a_d[None, :]
         r -= alpha * q
-        rr_new = float(r @ r)
+        rr_new = _xp.dot(r, r)
         beta = rr_new / rr
         beta_s = beta * ratio ** 2
-        zn_d = xp.asarray(np.where(active, zeta_next, 0.0).astype(dt))
-        bs_d = xp.asarray(np.where(active, beta_s, 1.0).astype(dt))
+        zn_d = dev(np.where(active, zeta_next, 0.0))
+        bs_d = dev(np.where(active, beta_s, 1.0))
         Ps = r[:, None] * zn_d[None, :] + Ps * bs_d[None, :]
         p = r + beta * p
         rr = rr_new
@@ -105,9 +110,8 @@ def multishift_cg(A, b, shifts, *, rtol=1e-6, atol=0.0, maxiter=None, callback=N
             break
         active &= res_s > tol
     # true residuals, one block matmat
-    R = bb[:, None] - Aop.matmat(X).astype(dt, copy=False) - X * xp.asarray(s.astype(dt))[None, :]
-    tn = xp.linalg.norm(R, axis=0)
-    tn = np.asarray(tn.get() if xp is not np else tn, dtype=np.float64)
+    R = bb[:, None] - _xp.astype(xp, Aop.matmat(X), dt) - X * dev(s)[None, :]
+    tn = np.asarray(_xp.to_numpy(_xp.norm(xp, R, axis=0)), dtype=np.float64)
     secs = time.perf_counter() - t0
     H = np.asarray(hist)
     results = []
@@ -117,7 +121,7 @@ def multishift_cg(A, b, shifts, *, rtol=1e-6, atol=0.0, maxiter=None, callback=N
             info["breakdown"] = breakdown
         results.append(SolveResult(x=X[:, k], converged=bool(tn[k] <= tol), iterations=it, matvecs=it + 1,
                                    residual_history=H[:, k].tolist(), true_residual=float(tn[k]), rhs_norm=S.bnorm,
-                                   tolerance=tol, seconds=secs, backend="cupy" if xp is not np else ("numpy" if S.backend == "scipy" else S.backend),
+                                   tolerance=tol, seconds=secs, backend=_xp.kind(xp) if not _xp.is_numpy(xp) else ("numpy" if S.backend == "scipy" else S.backend),
                                    method="multishift_cg", info=info))
     out = MultiShiftResult(shifts=s, results=results, iterations=it, matvecs=Aop.n_matvecs, seconds=secs,
                            converged=bool(np.all(tn <= tol)), info=dict(breakdown=breakdown, seed_shift=s0))
@@ -154,7 +158,7 @@ def choose_ridge(A, b, shifts, *, method="gcv", rtol=1e-6, maxiter=None, probes=
     op = as_operator(A)
     n = op.n
     xp = op.xp
-    bb = xp.asarray(b, dtype=xp.float64).reshape(-1)
+    bb = xp.reshape(_xp.astype(xp, xp.asarray(b, device=op.device), np.float64), (-1,))
     if method == "gcv":
         from .lanczos import _ritz, lanczos_tridiag  # noqa: PLC0415
 
@@ -165,13 +169,13 @@ def choose_ridge(A, b, shifts, *, method="gcv", rtol=1e-6, maxiter=None, probes=
         for _ in range(int(probes)):
             z = rng.choice([-1.0, 1.0], size=n)
             op.n_matvecs = 0
-            a, bt, _ = lanczos_tridiag(op, xp.asarray(z), min(lanczos_steps, n), rng=rng)
+            a, bt, _ = lanczos_tridiag(op, _xp.from_numpy(xp, z, bb), min(lanczos_steps, n), rng=rng)
             mv += op.n_matvecs
             th, S = _ritz(a, bt)
             tau2 = S[0, :] ** 2
             tr += n * (tau2[None, :] / (th[None, :] + s[:, None])).sum(axis=1)
         tr /= probes
-        xn2 = np.array([float(xp.linalg.norm(r.x)) ** 2 for r in ms.results])
+        xn2 = np.array([_xp.norm(xp, r.x) ** 2 for r in ms.results])
         scores = n * xn2 / tr ** 2
         return dict(ridge=float(s[np.argmin(scores)]), shifts=s, scores=scores, method="gcv", matvecs=int(mv),
                     trace_estimates=tr, result=ms)
@@ -180,9 +184,9 @@ def choose_ridge(A, b, shifts, *, method="gcv", rtol=1e-6, maxiter=None, probes=
             if val_target is None:
                 raise InvalidInputError("val_operator given without val_target.")
             ms = multishift_cg(op, bb, s, rtol=rtol, maxiter=maxiter, on_fail="warn")
-            yv = xp.asarray(val_target, dtype=xp.float64).reshape(-1)
+            yv = xp.reshape(_xp.astype(xp, xp.asarray(val_target, device=op.device), np.float64), (-1,))
             P = val_operator @ ms.X if not hasattr(val_operator, "matmat") else val_operator.matmat(ms.X)
-            scores = np.asarray([float(xp.linalg.norm(P[:, k] - yv)) ** 2 / yv.size for k in range(s.size)])
+            scores = np.asarray([_xp.norm(xp, P[:, k] - yv) ** 2 / yv.shape[0] for k in range(s.size)])
             return dict(ridge=float(s[np.argmin(scores)]), shifts=s, scores=scores, method="heldout",
                         matvecs=ms.matvecs, result=ms)
         if not 0 < holdout_fraction < 1:
@@ -208,7 +212,7 @@ def choose_ridge(A, b, shifts, *, method="gcv", rtol=1e-6, maxiter=None, probes=
         full = xp.zeros((n, s.size))
         full[Td, :] = ms.X
         pred = op.matmat(full)[Vd, :]
-        scores = np.asarray([float(xp.linalg.norm(pred[:, k] - bb[Vd])) ** 2 / nv for k in range(s.size)])
+        scores = np.asarray([_xp.norm(xp, pred[:, k] - bb[Vd]) ** 2 / nv for k in range(s.size)])
         return dict(ridge=float(s[np.argmin(scores)]), shifts=s, scores=scores, method="heldout",
                     matvecs=ms.matvecs + s.size, result=ms, holdout=V)
     raise InvalidInputError(f"method must be 'gcv' or 'heldout'; got {method!r}.")

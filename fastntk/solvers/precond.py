@@ -7,8 +7,11 @@ operator *without* the ridge, give ``ridge=μ``; if your operator already includ
 
 Every preconditioner has ``.shape``, ``.dtype``, ``.matvec(x)``, ``.matmat(X)`` and
 ``build_matvecs`` (operator matvecs spent building it; a block matmat on r columns counts r).
-They work on NumPy and CuPy arrays: stored factors are moved to the array module of ``x`` on
-first use and cached.  A built preconditioner can be reused for later solves with the same
+They work on NumPy and CuPy arrays and torch tensors (array API code, see
+:mod:`fastntk.solvers._xp`): stored factors are moved to the array library and device of ``x`` on
+first use and cached.  A preconditioner that cannot be built from its arguments (no cheap diagonal,
+a bad rank, a diagonal that is not positive) raises :class:`fastntk.errors.PreconditionerError`
+before any operator application; a Nyström sketch that fails numerically raises ``NumericalError``.  A built preconditioner can be reused for later solves with the same
 operator, a different ridge (``with_ridge``) or a low-rank update of the operator (it stays an
 SPD approximation, so PCG still converges; only the speed-up can shrink).
 """
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidInputError, NumericalError, ShapeError
+from ..errors import InvalidInputError, NoDiagonalError, NumericalError, PreconditionerError, ShapeError
+from . import _xp
 from ._linop import as_operator, get_xp
 
 
@@ -31,26 +35,29 @@ def _cholqr2(G):
 
 
 def _eigvalsh(xp, C):
-    w = xp.linalg.eigvalsh(0.5 * (C + C.T))
-    return np.asarray(w.get() if xp is not np else w)
+    return np.asarray(_xp.to_numpy(xp.linalg.eigvalsh(0.5 * (C + C.T))))
 
 
 class _Cache:
-    """Arrays stored in NumPy, mirrored lazily on the GPU."""
+    """Stored arrays, mirrored lazily into the array library and device of the input."""
 
     def __init__(self):
-        self._gpu = {}
+        self._copies = {}
 
     def get(self, name, arr, like):
         xp = get_xp(like)
-        if xp is np or get_xp(arr) is xp:
-            if xp is np and get_xp(arr) is not np:
-                return arr.get()
+        src_xp = get_xp(arr) if _xp.is_array(arr) else _xp.numpy_namespace()
+        if _xp.kind(src_xp) == _xp.kind(xp) and (_xp.is_numpy(xp) or str(_xp.device(arr)) == str(_xp.device(like))):
             return arr
-        key = (name, id(arr))
-        if key not in self._gpu:
-            self._gpu[key] = xp.asarray(arr)
-        return self._gpu[key]
+        key = (name, id(arr), _xp.kind(xp), str(_xp.device(like)))
+        if key not in self._copies:
+            self._copies[key] = _xp.from_numpy(xp, _xp.to_numpy(arr), like)
+        return self._copies[key]
+
+
+def _as(xp, x, like):
+    """``x`` (a cached factor) in the dtype of ``like``."""
+    return xp.astype(x, like.dtype, copy=False)
 
 
 class _Base:
@@ -70,6 +77,7 @@ class _Base:
         n = self.shape[0]
         if x.shape[0] != n or (two_d and x.ndim != 2) or (not two_d and x.ndim != 1):
             raise ShapeError(f"{type(self).__name__} of size {n} applied to an array of shape {tuple(x.shape)}.")
+        return get_xp(x)
 
 
 class IdentityPreconditioner(_Base):
@@ -79,50 +87,58 @@ class IdentityPreconditioner(_Base):
         self.shape = (int(n), int(n))
 
     def _apply(self, x, two_d):
-        self._check(x, two_d)
-        return x.copy()
+        return _xp.copy(self._check(x, two_d), x)
 
 
 class JacobiPreconditioner(_Base):
     """M = diag(d + μ)⁻¹, with d the diagonal of A (e.g. per-sample squared Jacobian norms for the NTK)."""
 
     def __init__(self, diag, ridge: float = 0.0):
-        xp = get_xp(diag)
-        d = xp.asarray(diag, dtype=xp.float64).reshape(-1)
-        if d.size == 0:
+        xp = get_xp(diag) if _xp.is_array(diag) else _xp.numpy_namespace()
+        d = xp.reshape(_xp.astype(xp, xp.asarray(diag), np.float64), (-1,))
+        if d.shape[0] == 0:
             raise ShapeError("JacobiPreconditioner: empty diagonal.")
         if ridge < 0 or not np.isfinite(ridge):
             raise InvalidInputError(f"ridge must be finite and >= 0; got {ridge}.")
         dd = d + ridge
         if not bool(xp.all(xp.isfinite(dd))) or not bool(xp.all(dd > 0)):
-            raise InvalidInputError("JacobiPreconditioner: diagonal + ridge must be finite and > 0 (A SPD); "
-                                    "add a ridge or use another preconditioner.")
+            raise PreconditionerError("JacobiPreconditioner: diagonal + ridge must be finite and > 0 (A SPD); "
+                                      "add a ridge or use another preconditioner.")
         self.dinv = 1.0 / dd
         self.ridge = float(ridge)
-        self.shape = (int(d.size), int(d.size))
+        self.shape = (int(d.shape[0]), int(d.shape[0]))
         self._cache = _Cache()
 
     @classmethod
     def from_operator(cls, A, ridge: float = 0.0) -> "JacobiPreconditioner":
-        """Build from ``A.diagonal()`` (or the diagonal of a dense array); InvalidInputError if absent."""
-        if isinstance(A, np.ndarray) or get_xp(A) is not np and hasattr(A, "ndim"):
+        """Build from ``A.diagonal()`` (or the diagonal of a dense array).
+
+        :class:`fastntk.errors.PreconditionerError` (a ``NoDiagonalError`` when A has no cheap
+        diagonal) before any operator application if it cannot be built."""
+        if _xp.is_array(A):
             xp = get_xp(A)
             if A.ndim != 2 or A.shape[0] != A.shape[1]:
                 raise ShapeError(f"A must be square; got {tuple(A.shape)}.")
-            return cls(xp.diag(A), ridge)
+            return cls(xp.linalg.diagonal(A), ridge)
         diag = getattr(A, "diagonal", None)
         if not callable(diag):
-            raise InvalidInputError(f"{type(A).__name__} has no diagonal(); compute the diagonal of the operator "
-                                    f"(for the NTK: per-sample squared Jacobian norms) and pass it to "
-                                    f"JacobiPreconditioner(diag).")
-        return cls(diag(), ridge)
+            raise NoDiagonalError(f"{type(A).__name__} has no diagonal(); compute the diagonal of the operator "
+                                  f"(for the NTK: per-sample squared Jacobian norms) and pass it to "
+                                  f"JacobiPreconditioner(diag), or use preconditioner='nystrom'.")
+        try:
+            d = diag()
+        except NotImplementedError as exc:  # an operator without a cheap diagonal
+            if isinstance(exc, PreconditionerError):
+                raise
+            raise NoDiagonalError(f"{type(A).__name__}: {exc}; use preconditioner='nystrom' or 'none'.") from exc
+        return cls(d, ridge)
 
     def dinv_for(self, like):
         return self._cache.get("dinv", self.dinv, like)
 
     def _apply(self, x, two_d):
-        self._check(x, two_d)
-        d = self.dinv_for(x).astype(x.dtype, copy=False)
+        xp = self._check(x, two_d)
+        d = _as(xp, self.dinv_for(x), x)
         return d[:, None] * x if two_d else d * x
 
 
@@ -144,20 +160,22 @@ class _LowRankInverse(_Base):
         return int(self.lam.size)
 
     def _apply(self, x, two_d):
-        self._check(x, two_d)
+        xp = self._check(x, two_d)
         if self.rank == 0:
-            return x.copy()
-        U = self._cache.get("U", self.U, x).astype(x.dtype, copy=False)
-        c = self._cache.get("coef", self.coef, x).astype(x.dtype, copy=False)
+            return _xp.copy(xp, x)
+        U = _as(xp, self._cache.get("U", self.U, x), x)
+        c = _as(xp, self._cache.get("coef", self.coef, x), x)
         if two_d:
             return x + U @ (c[:, None] * (U.T @ x))
         return x + U @ (c * (U.T @ x))
 
     def inverse_apply(self, x):
         """The approximation of A + μI itself (P x), for diagnostics: θ⁻¹ U (Λ+μ) Uᵀ x + (I − UUᵀ)x."""
-        U = self._cache.get("U", self.U, x)
-        c = (self.lam + self.ridge) / self.theta - 1.0
-        return x + U @ (self._cache.get("c_inv", c, x) * (U.T @ x))
+        xp = get_xp(x)
+        U = _as(xp, self._cache.get("U", self.U, x), x)
+        if not hasattr(self, "_c_inv"):
+            self._c_inv = (self.lam + self.ridge) / self.theta - 1.0
+        return x + U @ (_as(xp, self._cache.get("c_inv", self._c_inv, x), x) * (U.T @ x))
 
 
 class NystromPreconditioner(_LowRankInverse):
@@ -175,19 +193,19 @@ class NystromPreconditioner(_LowRankInverse):
 
     @classmethod
     def build(cls, A, rank: int, *, ridge: float = 0.0, seed=0, oversample: int = 0) -> "NystromPreconditioner":
-        if int(rank) != rank or rank < 1:
-            raise InvalidInputError(f"rank must be a positive integer; got {rank!r}.")
+        if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+            raise PreconditionerError(f"rank must be a positive integer; got {rank!r}.")
         if ridge < 0 or not np.isfinite(ridge):
-            raise InvalidInputError(f"ridge must be finite and >= 0; got {ridge}.")
+            raise PreconditionerError(f"ridge must be finite and >= 0; got {ridge}.")
         if oversample < 0:
-            raise InvalidInputError(f"oversample must be >= 0; got {oversample}.")
+            raise PreconditionerError(f"oversample must be >= 0; got {oversample}.")
         op = as_operator(A)
         n = op.n
         ell = min(int(rank) + int(oversample), n)
         xp = op.xp
         rng = np.random.default_rng(seed)
-        Om = xp.asarray(_cholqr2(rng.standard_normal((n, ell))))
-        Y = xp.asarray(op.matmat(Om), dtype=xp.float64)
+        Om = xp.asarray(_cholqr2(rng.standard_normal((n, ell))), device=op.device)
+        Y = _xp.astype(xp, op.matmat(Om), np.float64)
         if not bool(xp.all(xp.isfinite(Y))):
             raise NumericalError("Nyström sketch A·Ω has NaN/Inf; check the operator.")
         # only ℓ×ℓ dense factorizations below (Gram matrices, BLAS-3): tall QR/SVD of LAPACK were
@@ -208,31 +226,27 @@ class NystromPreconditioner(_LowRankInverse):
             nu *= 100.0
         else:
             raise NumericalError("Nyström: Cholesky of Ωᵀ(AΩ + νΩ) failed; is A symmetric positive semidefinite?")
-        if xp is np:
-            import scipy.linalg as sla  # noqa: PLC0415
-
-            Bm = sla.solve_triangular(Lc, Ynu.T, lower=True).T
-        else:
-            Bm = xp.linalg.solve(Lc, Ynu.T).T
+        Bm = _xp.solve_triangular(xp, Lc, Ynu.T, lower=True).T
         # thin SVD of B through the eigendecomposition of BᵀB (ℓ×ℓ): B = U Σ Vᵀ, U = B V Σ⁻¹
+        # (the small ℓ-vectors are handled on the host)
         s2, Vb = xp.linalg.eigh(0.5 * (Bm.T @ Bm + (Bm.T @ Bm).T))
-        s2 = s2[::-1]
-        Vb = Vb[:, ::-1]
-        s2 = xp.maximum(s2, 0.0)
-        sig = xp.sqrt(s2)
+        s2 = np.maximum(_xp.to_numpy(s2)[::-1], 0.0)
+        Vb = xp.flip(Vb, axis=1)
+        sig = np.sqrt(s2)
         good = sig > 1e-12 * float(sig.max() if sig.size else 0.0)
-        U = (Bm @ Vb) / xp.where(good, sig, 1.0)[None, :]
-        U = U[:, good] if xp is np else U[:, good]
+        U = (Bm @ Vb) / _xp.from_numpy(xp, np.where(good, sig, 1.0), Bm)[None, :]
+        U = _xp.take_columns(xp, U, good)
         sig = sig[good]
-        lam = xp.maximum(sig ** 2 - nu, 0.0)
-        lam_h = np.asarray(lam.get() if xp is not np else lam)
+        lam_h = np.maximum(sig ** 2 - nu, 0.0)
         r = min(int(rank), ell)
         r = min(r, int(lam_h.size))
-        keep = lam_h[:r] > 0 if ridge == 0 else np.ones(r, bool)
-        U = U[:, :r][:, keep] if xp is np else U[:, :r][:, xp.asarray(keep)]
-        U = xp.ascontiguousarray(U)
+        keep = np.zeros(U.shape[1], bool)
+        keep[:r] = lam_h[:r] > 0 if ridge == 0 else True
+        U = _xp.take_columns(xp, U, keep)
+        if _xp.is_numpy(xp):
+            U = np.ascontiguousarray(U)
         self = cls.__new__(cls)
-        self._set(U, lam_h[:r][keep], ridge)
+        self._set(U, lam_h[keep[: lam_h.size]], ridge)
         self.build_matvecs = op.n_matvecs
         self.nu = nu
         self.seed = seed
@@ -258,7 +272,7 @@ class DeflationPreconditioner(_LowRankInverse):
     @classmethod
     def from_eigpairs(cls, vals, vecs, ridge: float = 0.0, *, theta=None, build_matvecs: int = 0):
         xp = get_xp(vecs)
-        vals_h = np.asarray(vals.get() if get_xp(vals) is not np else vals, dtype=np.float64).reshape(-1)
+        vals_h = np.asarray(_xp.to_numpy(vals), dtype=np.float64).reshape(-1)
         if vecs.ndim != 2 or vecs.shape[1] != vals_h.size:
             raise ShapeError(f"vecs must have shape (n, {vals_h.size}); got {tuple(vecs.shape)}.")
         if ridge < 0 or not np.isfinite(ridge):
@@ -266,7 +280,7 @@ class DeflationPreconditioner(_LowRankInverse):
         if np.any(vals_h + ridge <= 0):
             raise InvalidInputError("deflation needs λ_i + ridge > 0 for every eigenpair given.")
         order = np.argsort(-vals_h)
-        U = xp.asarray(vecs)[:, xp.asarray(order) if xp is not np else order]
+        U = xp.take(xp.asarray(vecs), xp.asarray(order, device=_xp.device(vecs)), axis=1)
         self = cls.__new__(cls)
         self._set(U, vals_h[order], ridge, theta)
         self.build_matvecs = int(build_matvecs)
