@@ -331,7 +331,39 @@ class StreamingJacobian(_SourceBase):
         return J
 
 
-class CachedJacobian(_SourceBase):
+class _MatrixSource(_SourceBase):
+    """Primitives of a source whose rows are stored as a matrix ``self.J`` (rows × p)."""
+
+    J: torch.Tensor
+
+    def jmat(self, V):
+        return self.J @ V
+
+    def jtmat(self, U):
+        return self.J.T @ U
+
+    def gmat(self, V):
+        return self.J.T @ (self.J @ V)
+
+    def diag_ntk(self):
+        return (self.J**2).sum(1)
+
+    def diag_ggn(self):
+        return (self.J**2).sum(0)
+
+    def dense(self, *, progress: bool = False):
+        return self.J
+
+    def gram(self, *, rows: int = 4096) -> torch.Tensor:
+        """``JᵀJ`` (p × p) accumulated in float64 over blocks of ``rows`` rows."""
+        G = torch.zeros(self.p, self.p, dtype=torch.float64, device=self.device)
+        for a in range(0, self.J.shape[0], rows):
+            Jc = self.J[a : a + rows].double()
+            G.addmm_(Jc.T, Jc)
+        return G
+
+
+class CachedJacobian(_MatrixSource):
     """``J`` stored once (nC × p); every primitive is a matrix product.
 
     Build it from a :class:`StreamingJacobian` (``CachedJacobian.build(src)``)
@@ -368,26 +400,8 @@ class CachedJacobian(_SourceBase):
         J = self.J.view(self.n, self.C, self.p)[idx].reshape(-1, self.p)
         return CachedJacobian(J, self._outputs[idx], loss=self.loss)
 
-    def jmat(self, V):
-        return self.J @ V
-
-    def jtmat(self, U):
-        return self.J.T @ U
-
-    def gmat(self, V):
-        return self.J.T @ (self.J @ V)
-
     def outputs(self):
         return self._outputs
-
-    def diag_ntk(self):
-        return (self.J**2).sum(1)
-
-    def diag_ggn(self):
-        return (self.J**2).sum(0)
-
-    def dense(self, *, progress: bool = False):
-        return self.J
 
 
 def make_jacobian(peft, data, *, w=None, loss: str = "mse", strategy: str = "auto", memory_budget: float | None = 2e9, batch_size: int = 128, progress: bool = False):

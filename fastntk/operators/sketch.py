@@ -1,0 +1,277 @@
+"""Sketched Gauss-Newton sources: ``k`` rows per sample instead of ``C``.
+
+The curvature of the update is a sum over samples, ``G = Σ_i J_iᵀ Λ_i J_i`` (``Λ_i = I``
+for MSE, ``diag(p_i) − p_i p_iᵀ = L_i L_iᵀ`` for cross-entropy).  With per-sample random
+cotangents ``S_i ∈ R^{C×k}`` such that ``E[S_i S_iᵀ] = Λ_i``, the sketched rows
+
+    J̃_i = S_iᵀ J_i   (k × p, from k batched backwards: :mod:`.persample`)
+
+give ``G̃ = Σ_i J̃_iᵀ J̃_i`` with ``E[G̃] = G`` (unbiased), at ``k`` backward passes per image
+instead of ``C``.  Kinds (``kind=``):
+
+* ``"rademacher"`` / ``"gaussian"``: ``S_i = L_i Ω_i`` with ``Ω_i`` entries ``±1/√k`` /
+  ``N(0, 1/k)`` (``E[Ω Ωᵀ] = I``; ``L_i = I`` for MSE);
+* ``"orthogonal"``: ``Ω_i`` the first ``k`` columns of a Haar-random orthogonal ``C × C``
+  matrix times ``√(C/k)``; with ``k = C``, ``Ω_i Ω_iᵀ = I`` exactly, so ``G̃ = G`` (to rounding);
+* ``"fisher"`` (``loss="ce"`` only): the Monte-Carlo Fisher, ``S_i[:, j] = (p_i − e_ŷ)/√k``
+  with ``ŷ ~ Cat(p_i)`` drawn from the model's softmax, since
+  ``E[(p − e_ŷ)(p − e_ŷ)ᵀ] = diag(p) − p pᵀ = Λ_i``.
+
+Optionally only ``m`` of the ``n`` samples enter (``m`` independent uniform draws, with
+replacement), their rows scaled by ``√(n/m)`` so that ``E[G̃] = G`` still holds.
+
+:class:`SketchedJacobian` stores the rows ``J̃`` (``m·k × p``) and offers the curvature part of
+the Jacobian-source interface (``J``, ``jmat``, ``jtmat``, ``gmat``, ``gram``, ``dense``,
+``diag_ggn``, ``diag_ntk``, ``n``, ``C``, ``nC``, ``p``, ``strategy``, ``reason``), so it
+plugs in wherever a :class:`~.linearization.CachedJacobian` is used for ``G = JᵀJ``:
+``GGNLinearOperator(sketch, λ)``, a Cholesky factor of ``sketch.gram() + λI``, or the
+dual ``J̃J̃ᵀ`` (``n·k × n·k``).
+
+**Its rows are not the residual-space rows.**  Row ``i·k + j`` is a random combination
+of the outputs of sample ``i``, not output ``j``; ``n``/``C``/``nC`` count *sketch* rows
+(``C`` is ``k`` here, ``num_outputs`` the model's C).  Right-hand sides such as
+``J_fᵀ r_f`` and products ``J_f v`` on residuals must still come from the exact source
+(``StreamingJacobian.jtmat``: one VJP pass); :meth:`SketchedJacobian.outputs` raises
+for that reason (``sample_outputs()`` gives ``f(x_i; w̄)`` of the sketched samples).
+
+:func:`half_sketch_error` estimates the sketch's error on a solve from two independent
+halves of the sketch (no exact ``J`` needed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError, NumericalError, ShapeError
+from . import _stream
+from ._eta import PhaseEta
+from .linearization import LOSSES, StreamingJacobian, _MatrixSource, _apply_L, _ce_factors
+
+__all__ = ["SketchedJacobian", "draw_cotangents", "half_sketch_error", "ridge_solve", "HalfSketchEstimate", "KINDS"]
+
+KINDS = ("rademacher", "gaussian", "orthogonal", "fisher")
+
+
+def draw_cotangents(out: torch.Tensor, k: int, kind: str = "rademacher", *, loss: str = "mse",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random per-sample cotangents ``S`` (b, C, k) with ``E[S_i S_iᵀ] = Λ_i`` (see the module doc).
+
+    ``out`` are the outputs ``f(x; w̄)`` (b, C) of the batch (they give ``p_i`` for CE).
+    Draws come from ``generator`` (CPU) in float64 and are cast to ``out``'s dtype and device.
+    """
+    b, C = out.shape
+    g = generator
+    if kind == "fisher":
+        pr = torch.softmax(out.double(), -1).cpu()
+        y = torch.multinomial(pr, k, replacement=True, generator=g)  # (b, k) labels ŷ ~ Cat(p_i)
+        S = (pr[:, :, None] - torch.nn.functional.one_hot(y, C).double().transpose(1, 2)) / math.sqrt(k)
+        return S.to(dtype=out.dtype, device=out.device)
+    if kind == "rademacher":
+        O = (torch.randint(0, 2, (b, C, k), generator=g).double() * 2 - 1) / math.sqrt(k)
+    elif kind == "gaussian":
+        O = torch.randn(b, C, k, generator=g, dtype=torch.float64) / math.sqrt(k)
+    else:  # orthogonal: Haar (QR of a Gaussian with the signs of R's diagonal fixed)
+        Q, R = torch.linalg.qr(torch.randn(b, C, C, generator=g, dtype=torch.float64))
+        Q = Q * torch.sign(torch.diagonal(R, dim1=1, dim2=2))[:, None, :]
+        O = Q[:, :, :k] * math.sqrt(C / k)
+    O = O.to(dtype=out.dtype, device=out.device)
+    if loss == "ce":  # S = L_i Ω_i
+        pr, sq = _ce_factors(out)
+        O = _apply_L(O.permute(2, 0, 1), pr, sq).permute(1, 2, 0)
+    return O
+
+
+@dataclasses.dataclass
+class _Meta:
+    n_total: int
+    index: torch.Tensor  # (m,) sample indices into the data
+    outputs: torch.Tensor  # (m, C) f(x_i; w̄)
+    weight: float  # √(n/m)
+
+
+class SketchedJacobian(_MatrixSource):
+    """Sketched rows ``J̃`` (``m·k × p``) of the model linearized at ``w̄`` (see the module doc).
+
+    Parameters
+    ----------
+    peft : PeftSet
+    data : inputs (tensor ``X``, ``(X, y)``, object with ``.X``, or a Dataset)
+    k : rows per sample (``1 ≤ k``; ``k ≤ C`` for ``kind="orthogonal"``)
+    kind : ``"rademacher"``, ``"gaussian"``, ``"orthogonal"`` or ``"fisher"`` (CE only)
+    loss : ``"mse"`` (``E[G̃] = Σ J_iᵀJ_i``) or ``"ce"`` (``E[G̃] = Σ J_iᵀΛ_iJ_i``)
+    m : number of samples used (default all ``n``): ``m`` uniform draws with replacement, rows scaled by ``√(n/m)``
+    seed : seeds the subsample and the draws (same seed, data and batch size → same rows)
+    w, batch_size, progress : as for :class:`~.linearization.StreamingJacobian`
+
+    Attributes: ``J`` (the rows), ``n`` (= m sketched samples), ``C`` (= k rows per sample),
+    ``nC`` (rows), ``p``, ``num_outputs`` (the model's C), ``n_total``, ``index`` (samples
+    used), ``weight`` (``√(n/m)``), ``strategy = "sketch"``, ``reason``, ``build_seconds``,
+    ``engine`` (the :class:`~.persample.PerSampleGradients` used, with its ``plan``).
+    """
+
+    strategy = "sketch"
+
+    def __init__(self, peft, data, *, k: int = 1, kind: str = "rademacher", loss: str = "mse", m: int | None = None,
+                 seed: int = 0, w: torch.Tensor | None = None, batch_size: int = 128, progress: bool = False):
+        if kind not in KINDS:
+            raise InvalidInputError(f"kind must be one of {KINDS}, got {kind!r}")
+        if loss not in LOSSES:
+            raise InvalidInputError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if kind == "fisher" and loss != "ce":
+            raise InvalidInputError("kind='fisher' (Monte-Carlo Fisher) needs loss='ce'; use 'rademacher' or 'gaussian' for MSE")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
+            raise InvalidInputError(f"k (sketch rows per sample) must be an integer >= 1, got {k!r}")
+        t0 = time.perf_counter()
+        src = StreamingJacobian(peft, data, w=w, batch_size=batch_size, loss=loss)  # validates data, w, batch size; gives C
+        k, n = int(k), src.n
+        if kind == "orthogonal" and k > src.C:
+            raise InvalidInputError(f"kind='orthogonal' needs k <= C = {src.C}, got k={k}")
+        m = n if m is None else m
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= int(m) <= n:
+            raise InvalidInputError(f"m (samples in the sketch) must be an integer in [1, n={n}], got {m!r}")
+        m = int(m)
+        gen = torch.Generator().manual_seed(int(seed))
+        # m < n: m independent uniform draws (with replacement), so that halves of the draws are independent
+        index = torch.arange(n) if m == n else torch.randint(0, n, (m,), generator=gen)
+        sub = data if m == n else _stream.subset(data, index.numpy())
+        engine = src.per_sample_engine()
+        J = torch.empty(m * k, src.p, dtype=src.dtype, device=src.device)
+        outs = []
+        eta = PhaseEta("sketched jacobian build", m, detail=f" (m={m} of n={n}, k={k}, C={src.C}, p={src.p})")
+        for s, e, xb in _stream.iter_batches(sub, src.batch_size, dtype=src.dtype, device=src.device):
+            _, out = engine.products(xb, lambda o: draw_cotangents(o, k, kind, loss=loss, generator=gen),
+                                     out=J[s * k : e * k].view(e - s, k, src.p))
+            outs.append(out)
+            eta.update(e)
+        eta.done()
+        weight = math.sqrt(n / m)
+        if m < n:
+            J *= weight
+        self._set(J, k, _Meta(n, index, torch.cat(outs), weight), peft=peft, loss=loss, kind=kind, seed=int(seed),
+                  engine=engine, build_seconds=time.perf_counter() - t0)
+
+    def _set(self, J, k, meta: _Meta, **attrs):
+        if not torch.isfinite(J).all():
+            raise NumericalError("the sketched Jacobian has NaN/Inf entries; check the model and inputs for non-finite values")
+        self.J, self.k, self.meta = J, k, meta
+        self.n, self.C, self.p = meta.index.numel(), k, J.shape[1]
+        self.num_outputs, self.n_total, self.index, self.weight = meta.outputs.shape[1], meta.n_total, meta.index, meta.weight
+        self.dtype, self.device = J.dtype, J.device
+        self.passes = 0
+        for key, v in attrs.items():
+            setattr(self, key, v)
+        self.reason = (f"sketched curvature: kind={self.kind!r}, k={k} rows per sample (C={self.num_outputs}), "
+                       f"m={self.n} of n={self.n_total} samples (rows × {self.weight:.3g}), seed={self.seed}")
+
+    def _like(self, J, k, meta) -> "SketchedJacobian":
+        out = object.__new__(type(self))
+        out._set(J, k, meta, **{a: getattr(self, a) for a in ("peft", "loss", "kind", "seed", "engine", "build_seconds")})
+        return out
+
+    # ------------------------------------------------------------------ interface
+    def outputs(self):
+        raise InvalidInputError(
+            "a SketchedJacobian's rows are random combinations of each sample's outputs, not residual-space rows: take "
+            "outputs and right-hand sides (J_fᵀ r_f) from the exact source (StreamingJacobian), or sample_outputs() for f(x_i; w̄)"
+        )
+
+    def sample_outputs(self) -> torch.Tensor:
+        """``f(x_i; w̄)`` (m, C) of the sketched samples ``index`` (from the build's forward passes)."""
+        return self.meta.outputs
+
+    def subset(self, idx) -> "SketchedJacobian":
+        """The rows of the sketched samples at positions ``idx`` (into ``index``), weights kept."""
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        J = self.J.view(self.n, self.k, self.p)[idx.to(self.device)].reshape(-1, self.p)
+        return self._like(J, self.k, _Meta(self.n_total, self.index[idx], self.meta.outputs[idx.to(self.meta.outputs.device)], self.weight))
+
+    def halves(self) -> tuple["SketchedJacobian", "SketchedJacobian"]:
+        """Two independent half-sketches whose Grams average to this one's, ``G̃ = (G̃_a + G̃_b)/2``.
+
+        All samples (``m = n``): columns ``:k/2`` and ``k/2:`` of every ``S_i`` (needs an even ``k``).
+        A subsample (``m < n``, independent draws): the first and the second half of the draws, with
+        all ``k`` columns (needs an even ``m``), so the subsampling noise is seen too.  Rows × √2,
+        so each half is unbiased on its own.
+        """
+        r2 = math.sqrt(2.0)
+        J3 = self.J.view(self.n, self.k, self.p) * r2
+        if self.n < self.n_total:
+            if self.n % 2:
+                raise InvalidInputError(f"halves() of a subsampled sketch needs an even m, got m={self.n}")
+            h = self.n // 2
+            return tuple(self._like(J3[sl].reshape(-1, self.p), self.k,
+                                    _Meta(self.n_total, self.index[sl], self.meta.outputs[sl], self.weight * r2))
+                         for sl in (slice(0, h), slice(h, None)))
+        if self.k < 2 or self.k % 2:
+            raise InvalidInputError(f"halves() of a sketch of all samples needs an even k >= 2 rows per sample, got k={self.k}")
+        h = self.k // 2
+        return tuple(self._like(J3[:, sl].reshape(-1, self.p), h, self.meta) for sl in (slice(0, h), slice(h, None)))
+
+
+# ---------------------------------------------------------------------------- error estimate
+def ridge_solve(J: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(JᵀJ + λI)⁻¹ rhs`` in float64 by Cholesky in the smaller space (``rows < p``: push-through
+    ``(rhs − Jᵀ(JJᵀ + λI)⁻¹ J rhs)/λ``).  ``rhs`` is (p,) or (p, r)."""
+    Jd, bd = J.double(), rhs.double()
+    rows, p = Jd.shape
+    if rows < p:
+        A = Jd @ Jd.T
+        A.diagonal().add_(ridge)
+        L, info = torch.linalg.cholesky_ex(A)
+        y = Jd @ bd
+        x = (bd - Jd.T @ torch.cholesky_solve(y.reshape(rows, -1), L).reshape(y.shape)) / ridge
+    else:
+        A = Jd.T @ Jd
+        A.diagonal().add_(ridge)
+        L, info = torch.linalg.cholesky_ex(A)
+        x = torch.cholesky_solve(bd.reshape(p, -1), L).reshape(bd.shape)
+    if int(info) != 0:
+        raise NumericalError("the ridge-regularized sketched Gauss-Newton is not positive definite; increase the ridge")
+    return x
+
+
+@dataclasses.dataclass
+class HalfSketchEstimate:
+    """Result of :func:`half_sketch_error` (all float64 vectors, shape of ``rhs``).
+
+    ``x``: the solve with the full sketch ``(G̃_a + G̃_b)/2``; ``x_a``, ``x_b``: with each half;
+    ``error``: estimated ``‖x − x_exact‖/‖x‖`` of the full sketch, ``‖x_a − x_b‖ / (2‖x‖)``;
+    ``half_error``: the same for one half-sketch, ``‖x_a − x_b‖ / (√2‖x‖)``.
+    """
+
+    x: torch.Tensor
+    x_a: torch.Tensor
+    x_b: torch.Tensor
+    error: float
+    half_error: float
+
+
+def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEstimate:
+    """Estimate the sketch error of the solve ``(G̃ + λI) x = rhs`` from two independent half-sketches.
+
+    ``sketch`` is a :class:`SketchedJacobian` with an even ``k`` (split by :meth:`~SketchedJacobian.halves`)
+    or a pair ``(a, b)`` of independent sources of equal size (anything with a row matrix ``.J``).
+
+    Scaling (first order in the sketch noise): with ``H = G + λI`` the exact system and
+    ``x_h − x* ≈ −H⁻¹(G̃_h − G) x* =: e_h`` for each half ``h``, the halves are independent with
+    zero mean and equal covariance, and the full sketch is their average, ``e = (e_a + e_b)/2``.
+    Hence ``E‖x_a − x_b‖² = E‖e_a − e_b‖² = 2 E‖e_a‖² = 4 E‖e‖²``: ``‖x_a − x_b‖/2`` estimates the
+    (root-mean-square) error of the full-sketch solution and ``‖x_a − x_b‖/√2`` that of one half.
+    It is one draw of a random quantity (a ``χ``-like spread around the truth; more reliable for
+    large ``p``) and it ignores second-order terms (bias ``O(‖H⁻¹(G̃ − G)‖²)``).
+    """
+    if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge > 0):
+        raise InvalidInputError(f"ridge must be a positive finite number, got {ridge!r}")
+    a, b = sketch.halves() if isinstance(sketch, SketchedJacobian) else tuple(sketch)
+    if a.J.shape != b.J.shape:
+        raise ShapeError(f"the two half-sketches must have the same shape, got {tuple(a.J.shape)} and {tuple(b.J.shape)}")
+    if not isinstance(rhs, torch.Tensor) or rhs.ndim not in (1, 2) or rhs.shape[0] != a.J.shape[1]:
+        raise ShapeError(f"rhs must be a tensor of shape (p={a.J.shape[1]},) or (p, r), got {getattr(rhs, 'shape', type(rhs).__name__)}")
+    x_a, x_b = ridge_solve(a.J, rhs, ridge), ridge_solve(b.J, rhs, ridge)
+    x = ridge_solve(torch.cat([a.J, b.J]) / math.sqrt(2.0), rhs, ridge)
+    d, nx = float((x_a - x_b).norm()), max(float(x.norm()), 1e-300)
+    return HalfSketchEstimate(x=x, x_a=x_a, x_b=x_b, error=d / (2 * nx), half_error=d / (math.sqrt(2.0) * nx))
