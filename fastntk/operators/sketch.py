@@ -105,7 +105,9 @@ class SketchedJacobian(_MatrixSource):
     loss : ``"mse"`` (``E[G̃] = Σ J_iᵀJ_i``) or ``"ce"`` (``E[G̃] = Σ J_iᵀΛ_iJ_i``)
     m : number of samples used (default all ``n``): ``m`` uniform draws with replacement, rows scaled by ``√(n/m)``
     seed : seeds the subsample and the draws (same seed, data and batch size → same rows)
-    w, batch_size, progress : as for :class:`~.linearization.StreamingJacobian`
+    w, batch_size : as for :class:`~.linearization.StreamingJacobian`
+    engine : a :class:`~.persample.PerSampleGradients` of ``peft`` at ``w`` to reuse (its first-batch
+        check then runs once for many sketches, e.g. seeds or a second sketch of the same model)
 
     Attributes: ``J`` (the rows), ``n`` (= m sketched samples), ``C`` (= k rows per sample),
     ``nC`` (rows), ``p``, ``num_outputs`` (the model's C), ``n_total``, ``index`` (samples
@@ -116,7 +118,7 @@ class SketchedJacobian(_MatrixSource):
     strategy = "sketch"
 
     def __init__(self, peft, data, *, k: int = 1, kind: str = "rademacher", loss: str = "mse", m: int | None = None,
-                 seed: int = 0, w: torch.Tensor | None = None, batch_size: int = 128, progress: bool = False):
+                 seed: int = 0, w: torch.Tensor | None = None, batch_size: int = 128, engine=None):
         if kind not in KINDS:
             raise InvalidInputError(f"kind must be one of {KINDS}, got {kind!r}")
         if loss not in LOSSES:
@@ -138,7 +140,10 @@ class SketchedJacobian(_MatrixSource):
         # m < n: m independent uniform draws (with replacement), so that halves of the draws are independent
         index = torch.arange(n) if m == n else torch.randint(0, n, (m,), generator=gen)
         sub = data if m == n else _stream.subset(data, index.numpy())
-        engine = src.per_sample_engine()
+        if engine is None:
+            engine = src.per_sample_engine()
+        elif engine.peft is not peft or not torch.equal(engine.w, src.w):
+            raise InvalidInputError("engine= must be a PerSampleGradients of the same PEFT set at the same linearization point w")
         J = torch.empty(m * k, src.p, dtype=src.dtype, device=src.device)
         outs = []
         eta = PhaseEta("sketched jacobian build", m, detail=f" (m={m} of n={n}, k={k}, C={src.C}, p={src.p})")
