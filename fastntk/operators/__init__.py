@@ -37,3 +37,7 @@ __all__ = [
     "draw_cotangents",
     "half_sketch_error",
 ]
+from .schur import SchurComplementLinearOperator  # noqa: E402
+from .sum import SumGGNLinearOperator  # noqa: E402
+
+__all__ += ["SumGGNLinearOperator", "SchurComplementLinearOperator"]

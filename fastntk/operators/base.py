@@ -101,6 +101,11 @@ class TorchLinearOperator:
         """Materialize the operator (tests and tiny problems only)."""
         return self.matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))
 
+    @property
+    def has_diagonal(self) -> bool:
+        """Whether :meth:`diagonal` is cheap and available (checked before building a Jacobi preconditioner)."""
+        return type(self).diagonal is not TorchLinearOperator.diagonal
+
     def diagonal(self) -> torch.Tensor:
         """``diag(A)`` where it is cheap; else :class:`fastntk.errors.NoDiagonalError` (also a
         ``NotImplementedError``), before any work, so a Jacobi preconditioner fails early."""

@@ -17,6 +17,7 @@ from .precond import (
     IdentityPreconditioner,
     JacobiPreconditioner,
     NystromPreconditioner,
+    check_preconditioner,
     make_preconditioner,
 )
 from .result import MultiShiftResult, SolveResult
@@ -37,6 +38,7 @@ __all__ = [
     "DeflationPreconditioner",
     "IdentityPreconditioner",
     "make_preconditioner",
+    "check_preconditioner",
     "as_operator",
     "make_system",
     "HAVE_NUMBA",

@@ -251,6 +251,17 @@ def _dense_operator(M, xp, kind: str) -> Operator:
         M = _xp.astype(xp, M, np.float64)
     if not bool(xp.all(xp.isfinite(M))):
         raise InvalidInputError("operator A contains NaN or Inf.")
+    if _xp.kind(xp) == "torch":  # torch does not promote in matmul: promote like NumPy (one cached copy)
+        copies = {}
+
+        def mul(x):
+            if x.dtype == M.dtype:
+                return M @ x
+            if x.dtype not in copies:
+                copies[x.dtype] = xp.astype(M, xp.result_type(M, x))
+            return copies[x.dtype] @ xp.astype(x, copies[x.dtype].dtype, copy=False)
+
+        return Operator(M.shape, M.dtype, xp, mul, mul, M, kind, device=_xp.device(M))
     return Operator(M.shape, M.dtype, xp, lambda x: M @ x, lambda X: M @ X, M, kind, device=_xp.device(M))
 
 

@@ -301,9 +301,35 @@ class DeflationPreconditioner(_LowRankInverse):
 PRECONDITIONERS = ("none", "jacobi", "nystrom", "deflation")
 
 
+def check_preconditioner(name: str, A, **kw) -> None:
+    """Raise :class:`~fastntk.errors.PreconditionerError` if ``make_preconditioner(name, A, **kw)``
+    cannot work, without applying A (for plans that refuse a combination before any work).
+
+    Checks the name, that A has a cheap diagonal for "jacobi" (an array, or an operator whose
+    ``has_diagonal`` is true / that has ``diagonal()``), rank / k ≥ 1 for "nystrom" / "deflation",
+    and ridge ≥ 0."""
+    if name not in PRECONDITIONERS:
+        raise PreconditionerError(f"unknown preconditioner {name!r}; choose one of {PRECONDITIONERS}.")
+    ridge = kw.get("ridge", 0.0)
+    if not np.isfinite(ridge) or ridge < 0:
+        raise PreconditionerError(f"ridge must be finite and >= 0; got {ridge}.")
+    if name == "jacobi" and not _xp.is_array(A):
+        has = getattr(A, "has_diagonal", None)
+        if has is None:
+            has = callable(getattr(A, "diagonal", None))
+        if not has:
+            raise NoDiagonalError(f"{type(A).__name__} has no cheap diagonal, so no Jacobi preconditioner: use "
+                                  f"'nystrom' or 'none' (or pass JacobiPreconditioner(diag) with a diagonal you have).")
+    if name in ("nystrom", "deflation"):
+        r = kw.get("rank", kw.get("k", 1))
+        if isinstance(r, bool) or int(r) != r or r < 1:
+            raise PreconditionerError(f"rank must be a positive integer; got {r!r}.")
+
+
 def make_preconditioner(name: str, A, **kw):
     """Build a preconditioner by name: "none", "jacobi" (ridge), "nystrom" (rank, ridge, seed,
     oversample), "deflation" (k, ridge, seed)."""
+    check_preconditioner(name, A, **kw)
     if name == "none":
         op = as_operator(A)
         return IdentityPreconditioner(op.n)
@@ -317,4 +343,4 @@ def make_preconditioner(name: str, A, **kw):
         kw = dict(kw)
         k = kw.pop("k", kw.pop("rank", 20))
         return DeflationPreconditioner.from_operator(A, k, **kw)
-    raise InvalidInputError(f"unknown preconditioner {name!r}; choose one of {PRECONDITIONERS}.")
+    raise PreconditionerError(f"unknown preconditioner {name!r}; choose one of {PRECONDITIONERS}.")  # pragma: no cover
