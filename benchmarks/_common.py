@@ -8,7 +8,9 @@
   ``psutil`` (falls back to ``resource.getrusage`` high-water mark when psutil is absent).
 * :func:`time_interleaved` -- medians (and minima) of several runs of several
   functions, run round-robin after a warm-up so that load changes hit all alike.
-* :func:`write_results` -- ``benchmarks/results/<name>.json`` and ``<name>.md``.
+* :func:`write_results` -- ``benchmarks/results/<name>.json`` and ``<name>.md``;
+  :func:`publish` -- the same for a ``--quick``-aware name, printing the Markdown;
+* :func:`clock_log` -- ``log(msg)`` printing the seconds since it was made.
 """
 from __future__ import annotations
 
@@ -165,4 +167,27 @@ def write_results(name: str, payload: dict, markdown: str, outdir: str | None = 
     env = payload["environment"]
     envline = ", ".join(f"{k}={v}" for k, v in env.items())
     atomic_write_text(mp, markdown.rstrip() + f"\n\nEnvironment: {envline}\n")
+    return jp, mp
+
+
+def clock_log():
+    """A ``log(msg)`` that prints ``[seconds since now] msg`` (flushed)."""
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+
+    log.t0 = t0
+    return log
+
+
+def publish(name: str, quick: bool, payload: dict, markdown: Callable[[dict], str], outdir: str | None, log=print) -> tuple[str, str]:
+    """Add environment and wall time to ``payload``, write ``<name>[_quick].json/.md``, print the Markdown."""
+    payload = dict(payload, environment=environment())
+    if hasattr(log, "t0"):
+        payload["wall_s"] = time.perf_counter() - log.t0
+    md = markdown(payload)
+    jp, mp = write_results(name + ("_quick" if quick else ""), payload, md, outdir)
+    print(md)
+    log(f"wrote {jp} and {mp}")
     return jp, mp

@@ -95,8 +95,13 @@ class _Capture(TorchFunctionMode):
                 # per-sample expanded copies of γ, β: autograd's broadcast reduction is the per-sample rule
                 gb = g.unsqueeze(0).expand(self.b, -1) if gi is not None else None
                 bbb = bb.unsqueeze(0).expand(self.b, -1) if bi is not None else None
-                y = xhat * (gb.view(bshape) if gb is not None else g.view(shape)) if g is not None else xhat
-                y = y + (bbb.view(bshape) if bbb is not None else bb.view(shape)) if bb is not None else y
+                gam = None if g is None else gb.view(bshape) if gb is not None else g.view(shape)
+                bet = None if bb is None else bbb.view(bshape) if bbb is not None else bb.view(shape)
+                if gam is not None and bet is not None:
+                    y = torch.addcmul(bet, xhat, gam)
+                else:
+                    y = xhat if gam is None else xhat * gam
+                    y = y if bet is None else y + bet
                 self.records.append(("batchnorm", gi, bi, gb, bbb))
                 return y
         elif func is F.linear:
@@ -249,18 +254,23 @@ class PerSampleGradients:
             elif any(use):
                 targets.append((t2, [(i, fn) for i, fn, u in ((wi, _linear_weight(t1), use[0]), (bi, _linear_bias, use[1])) if u]))
         if dst is not None and dst.shape == (b, k, self.p) and dst.dtype == self.w.dtype:
-            R = dst.zero_()
+            R = dst
         else:
-            R = torch.zeros(b, k, self.p, dtype=self.w.dtype, device=self.w.device)
+            R = torch.empty(b, k, self.p, dtype=self.w.dtype, device=self.w.device)
         off = self.offsets
         ins = [t for t, _ in targets]
-        if ins and any(t.requires_grad for t in ins):
-            for j in range(k):
-                grads = torch.autograd.grad(out, ins, grad_outputs=Sb[:, :, j], retain_graph=j < k - 1, allow_unused=True)
-                for (_, rules), g in zip(targets, grads):
-                    for i, fn in rules if g is not None else ():
-                        R[:, j, off[i] : off[i + 1]] += fn(g)
         fb = [i for i, n in enumerate(peft.names) if plan[n] == "fallback"]
+        for j in range(k):
+            written = set(fb)  # a tensor's first contribution is copied, later ones (shared use) added
+            grads = torch.autograd.grad(out, ins, grad_outputs=Sb[:, :, j], retain_graph=j < k - 1, allow_unused=True) \
+                if ins and any(t.requires_grad for t in ins) else [None] * len(ins)
+            for (_, rules), g in zip(targets, grads):
+                for i, fn in rules if g is not None else ():
+                    dst_ij = R[:, j, off[i] : off[i + 1]]
+                    dst_ij.add_(fn(g)) if i in written else dst_ij.copy_(fn(g))
+                    written.add(i)
+            for i in set(range(len(peft.names))) - written:  # unused by this column (zero gradient)
+                R[:, j, off[i] : off[i + 1]].zero_()
         if fb:
             idx = torch.cat([torch.arange(off[i], off[i + 1], device=self.w.device) for i in fb])
             R[:, :, idx] = self._fallback(xb, Sb, idx)
