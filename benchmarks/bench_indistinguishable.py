@@ -80,6 +80,7 @@ class Scenario:
         ).validate()
         pool, test, self.peft, _, _ = setup_model(self.cfg)
         self.model = self.peft.model
+        self.w_base = self.peft.vector().clone()  # pretrained BN affine + the seed-0 head
         rng = np.random.default_rng(12345)
         perm = rng.permutation(len(pool))
         self.train = pool.subset(np.sort(perm[: args.n_train]))
@@ -100,6 +101,7 @@ class Scenario:
 
     def w0(self, seed: int):
         """PEFT vector before fine-tuning for seed ``seed``: shared pretrained BN, head drawn with the seed."""
+        self.peft.write(self.w_base)  # the BN entries of the previous seed's fine-tuned vector are still in the model
         self.torch.manual_seed(10_000 + seed)
         self.model.reset_classifier(self.k)
         self.model.eval()
@@ -237,6 +239,9 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
         models.append((w0, w, o))
         retrain_s.append(sec)
     print(f"  {N} originals + {N} oracles trained in {time.perf_counter() - t:.0f}s", flush=True)
+    # the seeds share the pretrained BN entries of w0 and differ in the head only
+    w0_diff = max(int((m[0] != models[0][0]).sum()) for m in models)
+    head_params = sum(int(q.numel()) for q in sc.model.get_classifier().parameters())
     oracle_out = []
     for w0, _, o in models:
         d = sc.outputs(o, w0)
@@ -288,7 +293,8 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
             rows[name] = {"error": methods[name]["error"]}
     return {"finetune": finetune, "forget": forget, "N": N, "half": half,
             "sizes": {"n_train": len(sc.train), "n_forget": int(len(sc.f_idx)), "n_retain_eval": len(sc.retain_eval),
-                      "n_heldout": len(sc.test), "n_val": len(sc.val), "p": sc.peft.p},
+                      "n_heldout": len(sc.test), "n_val": len(sc.val), "p": sc.peft.p, "head_params": head_params,
+                      "w0_max_entries_differing": w0_diff},
             "retrain_seconds": float(np.mean(retrain_s)), "hp_selection": hps, "hp_selection_seconds": t_hp,
             "fastntk_info": {k: v.get("info") for k, v in methods.items() if k.startswith("Fast-NTK")},
             "rows": rows, "rows_full": rows_full}
@@ -398,6 +404,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--name", default="indistinguishable",
+                    help="results file stem (to split the scenarios over processes: one --finetune/--scenarios/--name each)")
     args = ap.parse_args(argv)
     from fastntk.baselines import HP_BUDGET
 
@@ -414,7 +422,7 @@ def main(argv=None) -> int:
     for finetune in args.finetune:
         for forget in args.scenarios:
             results.append(run_scenario(args, finetune, forget))
-    name = "indistinguishable" + ("_quick" if args.quick else "")
+    name = args.name + ("_quick" if args.quick else "")
     outdir = args.out or RESULTS
     os.makedirs(outdir, exist_ok=True)
     for res in results:

@@ -33,6 +33,7 @@ def test_bench_indistinguishable_quick(tmp_path):
     kl_max, f_min = math.log1p(1 / KLOM_EPS), 2.0 / 2.0**CHALLENGE_N_BINS
     for res in d["results"]:
         assert f"indistinguishable_quick_{res['finetune']}_{res['forget']}.png" in files
+        assert 0 < res["sizes"]["w0_max_entries_differing"] <= res["sizes"]["head_params"]  # seeds differ in the head only
         rows = res["rows"]
         want = {"oracle vs oracle (floor)", "untouched", "Fast-NTK", "Fast-NTK (prepared)", "FT", "GA", "NegGrad+", "SCRUB",
                 "SalUn", "l1-sparse"}
