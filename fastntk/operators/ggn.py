@@ -1,4 +1,4 @@
-"""``GGNLinearOperator``: the primal Gauss-Newton ``G + λI = Jᵀ J + λI`` (p × p)."""
+"""``GGNLinearOperator``: the primal Gauss-Newton ``G + λI = Jᵀ J + λI`` (p × p); docs/theory.md §1, §2, §5."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""``NTKLinearOperator``: the dual operator ``Θ + λI = J Jᵀ + λI`` (nC × nC)."""
+"""``NTKLinearOperator``: the dual operator ``Θ + λI = J Jᵀ + λI`` (nC × nC); docs/theory.md §1, §2."""
 from __future__ import annotations
 
 import torch

@@ -2,7 +2,7 @@
 
 With the NTK blocks ``Θ_ab = J_a J_bᵀ`` and ``K_aa = Θ_aa + λI`` of the retain set ``r`` and the forget
 set ``f``, ``S`` is the Schur complement of ``K_rr`` in the NTK of ``D = D_r ∪ D_f`` (plus ``λI``).
-``unlearn``'s dual form (the paper's closed form ``Δ = P J_fᵀ M V``, docs/theory.md) solves
+``unlearn``'s dual form (the paper's closed form ``Δ = P J_fᵀ M V``, docs/theory.md §3.1) solves
 ``S m = V``.  Applied matrix-free, with ``P = I − J_rᵀ K_rr⁻¹ J_r`` (the projector onto the part
 of parameter space the retain kernel does not fix):
 

@@ -5,7 +5,7 @@ The Gauss-Newton of the whole training set ``D = D_r ∪ D_f`` without forming a
 
     (G_r + G_f + λI) v = J_rᵀ(J_r v) + J_fᵀ(J_f v) + λ v.
 
-``unlearn`` uses it for the ridge fit on ``D`` (``w*_D − w̄ = (G_D + λI)⁻¹ J_Dᵀ z_D``, docs/theory.md).
+``unlearn`` uses it for the ridge fit on ``D`` (``w*_D − w̄ = (G_D + λI)⁻¹ J_Dᵀ z_D``, docs/theory.md §2, §4).
 ``diagonal()`` is the sum of the sources' Gauss-Newton diagonals plus ``λ`` (one diagonal pass each),
 so Jacobi preconditioning works on this route; a source without ``diag_ggn`` makes ``diagonal()`` raise
 :class:`fastntk.errors.NoDiagonalError` before any pass.

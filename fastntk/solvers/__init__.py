@@ -1,7 +1,9 @@
 """Krylov solvers, eigensolvers and preconditioners for any symmetric LinearOperator.
 
-Nothing here knows about neural networks (see STYLE.md): the operators of MATH.md (NTK
-``Θ_SS + λI``, Gauss–Newton ``G_S + λI``) are just LinearOperators to these functions.
+Nothing here knows about neural networks: the operators of docs/theory.md (NTK ``Θ_SS + λI``,
+Gauss–Newton ``G_S + λI``, their sum and Schur complement) are just LinearOperators to these functions.
+One code path for NumPy, CuPy and torch arrays (the array API standard, :mod:`fastntk.solvers._xp`):
+a torch right-hand side runs the solve on its device, with torch operators applied directly.
 Convergence everywhere: ‖b − A x‖₂ ≤ max(rtol‖b‖₂, atol), checked on the recomputed true residual.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Conjugate gradients: ``cg`` (preconditioned, one right-hand side) and ``block_cg``.
 
 ``cg`` solves ``A x = b`` for a symmetric positive (semi-)definite operator A, e.g. the NTK
-``Θ_SS + λI`` (dual) or the Gauss–Newton ``G_S + λI`` (primal) of MATH.md, stopping when
+``Θ_SS + λI`` (dual) or the Gauss–Newton ``G_S + λI`` (primal) of docs/theory.md, stopping when
 ``‖b − A x‖₂ ≤ max(rtol‖b‖₂, atol)``.
 
 Backends: ``"scipy"`` wraps :func:`scipy.sparse.linalg.cg`; ``"numba"`` is fastntk's own PCG

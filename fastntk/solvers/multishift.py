@@ -14,7 +14,7 @@ free.  A shift whose residual meets its tolerance is frozen.  No preconditioner 
 shift invariance).  Every A + s_k I must be SPD.  At the end the true residuals
 ‖b − (A + s_k I)x_k‖ are recomputed with one block matmat (one matvec per shift, counted).
 
-:func:`choose_ridge` uses it to pick the ridge λ of a kernel/Gauss–Newton fit.
+:func:`choose_ridge` uses it to pick the ridge λ of a kernel/Gauss–Newton fit (docs/theory.md §2, §6.5).
 """
 from __future__ import annotations
 

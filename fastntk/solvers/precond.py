@@ -1,4 +1,4 @@
-"""Preconditioners M ≈ (A + ridge·I)⁻¹ for the Krylov solvers.
+"""Preconditioners M ≈ (A + ridge·I)⁻¹ for the Krylov solvers (docs/theory.md §8).
 
 **Ridge convention (one for all):** a preconditioner is built from an operator ``A`` and a
 ``ridge`` μ and approximates ``(A + μI)⁻¹``.  So if you solve ``(A + μI) x = b`` and pass the
