@@ -72,6 +72,10 @@ def test_avg_gap():
     r = {"UA": 0.12, "RA": 0.96, "TA": 0.90, "MIA": 0.16}
     assert avg_gap(m, r) == pytest.approx(100 * (0.02 + 0.01 + 0.0 + 0.04) / 4)
     assert avg_gap(m, m) == 0.0
+    assert avg_gap(r, m) == avg_gap(m, r)  # a distance: symmetric
+    assert avg_gap(m, r, keys=("MIA",)) == pytest.approx(100 * 0.04)  # only the keys asked for
+    worse = dict(r, UA=0.50)
+    assert avg_gap(m, worse) == pytest.approx(avg_gap(m, r) + 100 * (0.40 - 0.02) / 4)
     with pytest.raises(InvalidInputError):
         avg_gap({"UA": 0.1}, r)
 
@@ -102,13 +106,31 @@ def test_evaluate_on_tiny_model():
     w = peft.vector()
     out = evaluate(peft, None, retain, forget, test)
     assert set(out) == {"RA", "FA", "UA", "TA", "MIA", "MIA_LR"}
-    for k in ("RA", "FA", "UA", "TA", "MIA", "MIA_LR"):
-        assert 0.0 <= out[k] <= 1.0
+    # every metric recomputed here from the network's own outputs (not through fastntk.train.predict)
+    with torch.no_grad():
+        lr_, lf, lt = (m(d.X) for d in (retain, forget, test))
+    assert out["RA"] == accuracy(lr_, retain.y) and out["FA"] == accuracy(lf, forget.y)
+    assert out["TA"] == accuracy(lt, test.y)
+    assert out["RA"] == float((lr_.argmax(1) == retain.y).double().mean())
     assert out["UA"] == pytest.approx(1 - out["FA"])
+    assert out["MIA"] == mia_efficacy(true_class_confidence(lr_, retain.y), true_class_confidence(lt, test.y),
+                                      true_class_confidence(lf, forget.y))
+    assert out["MIA_LR"] == mia_loss_lr(per_sample_ce(lf, forget.y), per_sample_ce(lt, test.y))
     out2 = evaluate(peft, w + 0.05, retain, forget, test, reference_w=w)
     assert {"AD_f", "AD_r", "AD_t"} <= set(out2) and out2["AD_f"] > 0
+    f = peft.functional()
+    with torch.no_grad():
+        moved = f(w + 0.05, forget.X)
+    assert out2["AD_f"] == pytest.approx(activation_distance(moved, lf), rel=1e-12)
+    assert torch.equal(peft.vector(), w)  # evaluating at another w does not write it
     out3 = evaluate(peft, w, retain, forget, test, reference_w=w)
     assert out3["AD_f"] == 0.0 and out3["RA"] == out["RA"]
     out4 = evaluate(peft, w, retain, forget, test, linearize_at=w)
     assert out4["RA"] == out["RA"]
+    # away from the linearization point the linearized model f(w̄) + J(w − w̄) is scored, not the network
+    delta = 0.3 * torch.randn(w.shape, dtype=w.dtype, generator=torch.Generator().manual_seed(1))
+    out5 = evaluate(peft, w + delta, retain, forget, test, linearize_at=w)
+    for key, d in (("RA", retain), ("TA", test)):
+        f0, jd = torch.func.jvp(lambda v: f(v, d.X), (w,), (delta,))
+        assert out5[key] == accuracy(f0 + jd, d.y), key
     assert torch.equal(peft.vector(), w)

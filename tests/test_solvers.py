@@ -432,6 +432,13 @@ def test_choose_ridge_gcv_and_heldout():
     assert abs(np.argmin(exact) - np.argmin(out["scores"])) <= 1
     ho = choose_ridge(K, y, shifts, method="heldout")
     assert ho["ridge"] in shifts and np.all(np.isfinite(ho["scores"]))
+    # the held-out scores of the random split it reports, recomputed densely: fit on T, score on V
+    V = np.asarray(ho["holdout"])
+    T = np.setdiff1d(np.arange(n), V)
+    dense = [np.mean((K[np.ix_(V, T)] @ np.linalg.solve(K[np.ix_(T, T)] + s * np.eye(T.size), y[T]) - y[V]) ** 2)
+             for s in shifts]
+    assert np.allclose(ho["scores"], dense, rtol=1e-4)
+    assert ho["ridge"] == shifts[int(np.argmin(dense))]
     Kv = K[:20, 20:]
     hv = choose_ridge(K[20:, 20:], y[20:], shifts, method="heldout", val_operator=Kv, val_target=y[:20])
     ref = [np.mean((Kv @ np.linalg.solve(K[20:, 20:] + s * np.eye(100), y[20:]) - y[:20]) ** 2) for s in shifts]
