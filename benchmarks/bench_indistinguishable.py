@@ -4,7 +4,9 @@ Fashion-MNIST, a small BN CNN (backbone pretrained on classes 0-4, BN + head PEF
 Per scenario -- forget one class or a random 10 %, after ordinary cross-entropy fine-tuning ("standard") or
 linearized MSE fine-tuning ("linearized") -- N originals (fine-tuning seed s: head initialisation and batch
 order) and N oracles (seed s retrained without D_f, same recipe).  Every method unlearns every original:
-untouched, Fast-NTK (the routes of :func:`fastntk_methods`), FT, GA, NegGrad+, SCRUB, SalUn, l1-sparse.
+untouched, Fast-NTK (the routes of :func:`fastntk_methods`), FT, GA, NegGrad+, SCRUB, SalUn, l1-sparse.  A
+Fast-NTK request that raises (e.g. refused by its do-no-harm check) leaves the model as it was: that seed is
+scored as the untouched model and the row says on how many seeds it happened (``failed_seeds`` in the JSON).
 Scores (fastntk.evaluation):
 
 * **main table, N/2 vs N/2**: the unlearned models of seeds [0, N/2) against the oracles of seeds [N/2, N);
@@ -41,17 +43,20 @@ from benchmarks._common import RESULTS, environment, set_threads, write_results 
 def fastntk_methods(finetune: str) -> dict[str, dict]:
     """THE Fast-NTK calls of this benchmark: method name -> keyword arguments of ``fastntk.unlearn.unlearn``.
 
-    Two extra keys are consumed here and not passed on: ``"route"`` -- ``"one-shot"`` (``unlearn(model, peft,
-    retain, forget, ridge=λ, w0=w0, check_overlap=False, **kw)``) or ``"prepared"`` (``Unlearner(model, peft, D,
-    ridge=λ, w0=w0, **kw).prepare().forget(D_f)``: its seconds are prepare + request, the request alone is
-    recorded too) -- and ``"ridge"``: ``"match"`` (``fastntk.unlearn.match_ridge``, timed with the method),
-    ``"train"`` (the fine-tuning ridge) or a number.  ``finetune`` is ``"standard"`` (cross-entropy) or
-    ``"linearized"`` (MSE).  The defaults follow the pipeline's ``"auto"`` variant (ExperimentConfig.resolved).
+    Two keys are consumed by :func:`run_fastntk` and not passed on as such: ``"route"`` -- ``"one-shot"``
+    (``unlearn(model, peft, retain, forget, w0=w0, check_overlap=False, **kw)``) or ``"prepared"``
+    (``Unlearner(model, peft, D, ridge=λ, w0=w0, **kw).prepare().forget(D_f)``: its seconds are prepare +
+    request, the request alone is recorded too) -- and ``"ridge"``: ``"match"`` (``fastntk.unlearn.match_ridge``,
+    timed with the method), ``"train"`` (the fine-tuning ridge), anything else (a number, ``"auto"``) is passed
+    to ``unlearn`` unchanged, and without the key ``unlearn``'s default is used.  ``finetune`` is
+    ``"standard"`` (cross-entropy) or ``"linearized"`` (MSE).  The one-shot route leaves every choice to
+    ``unlearn``'s ``"auto"`` resolution from ``trained_with``; the prepared route follows the pipeline's
+    variant (ExperimentConfig.resolved).
     """
     lin = finetune == "linearized"
     variant = dict(linearize_at="w0", anchor="fit") if lin else dict(linearize_at="trained", anchor="trained")
     return {
-        "Fast-NTK": dict(route="one-shot", ridge="match", loss="mse", form="auto", strategy="auto", **variant),
+        "Fast-NTK": dict(route="one-shot", trained_with="linearized-mse" if lin else "ce"),
         "Fast-NTK (prepared)": dict(route="prepared", ridge="match", strategy="auto", **variant),
     }
 
@@ -122,14 +127,17 @@ class Scenario:
         return out
 
 
+SEED_STRIDE = 1000  # batch_schedule(seed, epoch) draws with seed + epoch: strided seeds never share an epoch's order
+
+
 def train_models(sc: Scenario, seed: int):
-    """(w0, original, oracle) of one seed, and the retraining seconds."""
+    """(w0, original, oracle) of one seed, and the retraining seconds (batch order seed ``SEED_STRIDE·seed``)."""
     from fastntk import baselines as B
     from fastntk.train import finetune_peft
 
     w0 = sc.w0(seed)
-    ft = finetune_peft(sc.peft, sc.train, w0=w0, seed=seed, desc="fine-tune", **sc.recipe)
-    gold = B.retrain(sc.peft, sc.train, sc.f_idx, w0=w0, seed=seed, **sc.recipe)
+    ft = finetune_peft(sc.peft, sc.train, w0=w0, seed=SEED_STRIDE * seed, desc="fine-tune", **sc.recipe)
+    gold = B.retrain(sc.peft, sc.train, sc.f_idx, w0=w0, seed=SEED_STRIDE * seed, **sc.recipe)
     sc.peft.write(ft.w)
     return w0, ft.w.clone(), gold.w.clone(), gold.seconds
 
@@ -141,7 +149,7 @@ def run_baseline(sc: Scenario, name: str, w, w0, seed: int, hp: dict):
     hp = dict(hp)
     lr = sc.cfg.lr * float(hp.pop("lr_scale", 0.1))
     lin = w0 if sc.linearized else None
-    common = dict(w_trained=w, lr=lr, seed=seed, batch_size=sc.cfg.batch_size, progress=False)
+    common = dict(w_trained=w, lr=lr, seed=SEED_STRIDE * seed, batch_size=sc.cfg.batch_size, progress=False)
     if name == "FT":
         return B.finetune_retain(sc.peft, sc.train, sc.f_idx, w0=w0, ridge=sc.cfg.ridge, linearized=sc.linearized,
                                  loss=sc.cfg.finetune_loss, target_scale=sc.cfg.target_scale, **common, **hp)
@@ -159,22 +167,24 @@ def run_fastntk(sc: Scenario, spec: dict, w, w0) -> tuple:
     from fastntk.unlearn import Unlearner, match_ridge, unlearn
 
     kw = dict(spec)
-    route, ridge = kw.pop("route", "one-shot"), kw.pop("ridge", "match")
+    route, ridge = kw.pop("route", "one-shot"), kw.pop("ridge", None)
     sc.peft.write(w)
     t = time.perf_counter()
     if ridge == "match":
-        lam, _ = match_ridge(sc.peft, (sc.train.X, sc.train.y), w_trained=w, w0=w0, target_scale=sc.cfg.target_scale)
-    else:
-        lam = sc.cfg.ridge if ridge == "train" else float(ridge)
-    info = {"ridge": float(lam)}
+        ridge, _ = match_ridge(sc.peft, (sc.train.X, sc.train.y), w_trained=w, w0=w0, target_scale=sc.cfg.target_scale)
+    elif ridge == "train":
+        ridge = sc.cfg.ridge
+    info = {"ridge": ridge}
+    if ridge is not None:
+        kw["ridge"] = ridge
     if route == "prepared":
-        u = Unlearner(sc.model, sc.peft, (sc.train.X, sc.train.y), ridge=lam, w0=w0, **kw).prepare()
+        u = Unlearner(sc.model, sc.peft, (sc.train.X, sc.train.y), w0=w0, **kw).prepare()
         t_req = time.perf_counter()
         u.forget(sc.f_idx)
         info["request_seconds"] = time.perf_counter() - t_req
         w_new = u.w.clone()
     else:
-        res = unlearn(sc.model, sc.peft, (sc.retain.X, sc.retain.y), (sc.forget.X, sc.forget.y), ridge=lam, w0=w0,
+        res = unlearn(sc.model, sc.peft, (sc.retain.X, sc.retain.y), (sc.forget.X, sc.forget.y), w0=w0,
                       check_overlap=False, **kw)
         w_new = res.w_new.clone()
         info["form"] = res.form
@@ -263,14 +273,14 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
     for s, (w0, w, _) in enumerate(models):
         record("untouched", s, w, w0, 0.0)
         for name, spec in fastntk_methods(finetune).items():
-            if "error" in methods.get(name, {}):
-                continue
             try:
                 w_new, sec, info = run_fastntk(sc, spec, w, w0)
                 record(name, s, w_new, w0, sec, info)
-            except Exception as exc:  # a route that fails is reported, not hidden
-                methods[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                print(f"  {name}: {methods[name]['error']}", flush=True)
+            except Exception as exc:  # a refused or failed request leaves the model as it was: scored as untouched
+                err = f"{type(exc).__name__}: {exc}"
+                record(name, s, w, w0, float("nan"), {"seed": s, "error": err})
+                methods[name].setdefault("errors", []).append({"seed": s, "error": err})
+                print(f"  seed {s}: {name}: {err[:200]}", flush=True)
         for name in BASELINES:
             r = run_baseline(sc, name, w, w0, s, hps[name]["hp"])
             record(name, s, r.w, w0, r.seconds)
@@ -279,18 +289,17 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
     ref = oracle_out[half:]
     rows["oracle vs oracle (floor)"] = score(oracle_out[:half], ref, labels)
     for name, o in outs.items():
-        if "error" in methods.get(name, {}):
-            continue
-        rows[name] = score(o[:half], ref, labels)
-        rows_full[name] = score(o, oracle_out, labels)
-    for name, m in methods.items():
-        for r in (rows.get(name), rows_full.get(name)):
-            if r is not None:
-                r["seconds"] = float(np.mean(m["seconds"]))
-                r["time_ratio"] = r["seconds"] / max(float(np.mean(retrain_s)), 1e-12)
-    for name in methods:
-        if "error" in methods[name]:
-            rows[name] = {"error": methods[name]["error"]}
+        m = methods[name]
+        failed = [e["seed"] for e in m.get("errors", [])]
+        for r, n_scored in ((rows, half), (rows_full, N)):
+            if len(failed) == N:
+                r[name] = {"error": m["errors"][0]["error"], "failed_seeds": failed}
+                continue
+            r[name] = score(o[:n_scored], ref if n_scored == half else oracle_out, labels)
+            ok = [sec for sec in m["seconds"][:n_scored] if np.isfinite(sec)]
+            r[name]["seconds"] = float(np.mean(ok)) if ok else float("nan")
+            r[name]["time_ratio"] = r[name]["seconds"] / max(float(np.mean(retrain_s)), 1e-12)
+            r[name]["failed_seeds"] = [f for f in failed if f < n_scored]
     return {"finetune": finetune, "forget": forget, "N": N, "half": half,
             "sizes": {"n_train": len(sc.train), "n_forget": int(len(sc.f_idx)), "n_retain_eval": len(sc.retain_eval),
                       "n_heldout": len(sc.test), "n_val": len(sc.val), "p": sc.peft.p, "head_params": head_params,
@@ -309,7 +318,9 @@ COLS = ["F", "score", "KLoM f med", "KLoM f p95", "KLoM r med", "KLoM r p95", "K
 
 def _row(name: str, r: dict) -> list:
     if "error" in r:
-        return [name] + ["–"] * (len(COLS) - 1) + [r["error"][:80]]
+        return [name + " (failed on every seed)"] + ["–"] * (len(COLS) - 1) + [r["error"][:80]]
+    if r.get("failed_seeds"):
+        name += f" (refused on {len(r['failed_seeds'])} of {r['n_unlearned']}: scored untouched there)"
     k = lambda s, q: r[f"klom_{s}"][q]  # noqa: E731
     return [name, r["F"], r["score"], k("forget", "median"), k("forget", "p95"), k("retain", "median"), k("retain", "p95"),
             k("held-out", "median"), k("held-out", "p95"), 100 * r["UA"], 100 * r["RA"], 100 * r["TA"],
