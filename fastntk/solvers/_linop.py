@@ -178,7 +178,7 @@ class Operator:
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = _xp.np_dtype(dtype)
         self.xp = _xp.compat(xp)
-        self.device = device if device is not None else "cpu"
+        self.device = device  # None: the library's default device (NumPy: the host, CuPy: the current GPU)
         self._cast = cast_input  # a torch operator accepts only its own dtype
         self._mv = matvec
         self._mm = matmat

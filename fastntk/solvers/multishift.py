@@ -55,7 +55,7 @@ def multishift_cg(A, b, shifts, *, rtol=1e-6, atol=0.0, maxiter=None, callback=N
     m = s.size
     s0 = float(s.min())
     ds = s - s0
-    X = xp.zeros((bb.shape[0], m), dtype=bb.dtype, device=Aop.device)
+    X = xp.zeros((bb.shape[0], m), dtype=bb.dtype, device=_xp.device(bb))
     Ps = xp.concat([bb[:, None]] * m, axis=1)
     r = _xp.copy(xp, bb)
     p = _xp.copy(xp, bb)
