@@ -89,19 +89,12 @@ class _Capture(TorchFunctionMode):
             gi, bi = ids.get(id(g)) if g is not None else None, ids.get(id(bb)) if bb is not None else None
             if (gi is not None or bi is not None) and not training and rm is not None and rv is not None \
                     and x.ndim >= 2 and x.shape[0] == self.b:
-                shape, bshape = (1, -1) + (1,) * (x.ndim - 2), (self.b, -1) + (1,) * (x.ndim - 2)
-                s = torch.rsqrt(rv + eps)
-                xhat = torch.addcmul((-rm * s).view(shape), x, s.view(shape))
-                # per-sample expanded copies of γ, β: autograd's broadcast reduction is the per-sample rule
+                # per-sample expanded copies of γ, β (b, ch): their gradients are the per-sample rule
                 gb = g.unsqueeze(0).expand(self.b, -1) if gi is not None else None
                 bbb = bb.unsqueeze(0).expand(self.b, -1) if bi is not None else None
-                gam = None if g is None else gb.view(bshape) if gb is not None else g.view(shape)
-                bet = None if bb is None else bbb.view(bshape) if bbb is not None else bb.view(shape)
-                if gam is not None and bet is not None:
-                    y = torch.addcmul(bet, xhat, gam)
-                else:
-                    y = xhat if gam is None else xhat * gam
-                    y = y if bet is None else y + bet
+                gam = gb if gb is not None else None if g is None else g.unsqueeze(0)
+                bet = bbb if bbb is not None else None if bb is None else bb.unsqueeze(0)
+                y = _PerSampleBatchNorm.apply(x, rm, torch.rsqrt(rv + eps), gam, bet)
                 self.records.append(("batchnorm", gi, bi, gb, bbb))
                 return y
         elif func is F.linear:
@@ -115,6 +108,44 @@ class _Capture(TorchFunctionMode):
         if isinstance(out, torch.Tensor) and out.requires_grad:
             self.other.update(_peft_tensors(ids, args, kwargs))
         return out
+
+
+class _PerSampleBatchNorm(torch.autograd.Function):
+    """Eval-mode BatchNorm ``y = x̂·γ + β``, ``x̂ = (x − μ)·s``, ``s = 1/√(σ² + ε)``, with γ, β given
+    per sample (``(b, ch)`` expanded copies, or ``(1, ch)`` frozen, or ``None``).
+
+    Backward (one column of cotangents): ``∂x = g·γs``, per-sample ``∂γ = Σ_space x̂ ⊙ g``,
+    ``∂β = Σ_space g``: three passes over the activation, as the fused native rule, instead of the
+    five that autograd takes for the same expression written with broadcasting ops.
+    """
+
+    @staticmethod
+    def forward(ctx, x, rm, s, gam, bet):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        xhat = torch.addcmul((-rm * s).view(shape), x, s.view(shape))
+        ctx.save_for_backward(xhat if gam is not None and ctx.needs_input_grad[3] else None, s, gam)
+        if gam is None:
+            return xhat if bet is None else xhat + bet.view(bet.shape[0], -1, *shape[2:])
+        gv = gam.reshape(gam.shape[0], -1, *shape[2:])
+        if bet is None:
+            return xhat * gv
+        return torch.addcmul(bet.reshape(bet.shape[0], -1, *shape[2:]), xhat, gv)
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, s, gam = ctx.saved_tensors
+        b, ch = g.shape[0], g.shape[1]
+        gx = gg = gbt = None
+        tail = (1,) * (g.ndim - 2)
+        if ctx.needs_input_grad[0]:
+            scale = s if gam is None else gam * s
+            gx = g * scale.reshape(-1, ch, *tail)
+        g3 = g.reshape(b, ch, -1)
+        if ctx.needs_input_grad[3]:
+            gg = torch.einsum("bcs,bcs->bc", xhat.reshape(b, ch, -1), g3)
+        if ctx.needs_input_grad[4]:
+            gbt = g3.sum(-1)
+        return gx, None, None, gg, gbt
 
 
 def per_sample_reference(f, w: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ import torch
 from ..errors import InvalidInputError, NumericalError, ShapeError
 from . import _stream
 from ._eta import PhaseEta
-from .linearization import LOSSES, StreamingJacobian, _MatrixSource, _apply_L, _ce_factors
+from .linearization import LOSSES, StreamingJacobian, _MatrixSource, _apply_L, _ce_factors, all_finite
 
 __all__ = ["SketchedJacobian", "draw_cotangents", "half_sketch_error", "ridge_solve", "HalfSketchEstimate", "KINDS"]
 
@@ -160,7 +160,7 @@ class SketchedJacobian(_MatrixSource):
                   engine=engine, build_seconds=time.perf_counter() - t0)
 
     def _set(self, J, k, meta: _Meta, **attrs):
-        if not torch.isfinite(J).all():
+        if not all_finite(J):
             raise NumericalError("the sketched Jacobian has NaN/Inf entries; check the model and inputs for non-finite values")
         self.J, self.k, self.meta = J, k, meta
         self.n, self.C, self.p = meta.index.numel(), k, J.shape[1]
