@@ -312,6 +312,16 @@ def test_typed_errors_on_the_torch_path():
         cg(t(A), b, M=spla.aslinearoperator(np.eye(6)))
     assert calls == []
 
+    class Elsewhere(Dense):  # a torch operator off the CPU with a NumPy right-hand side
+        def _matmat(self, X):
+            raise AssertionError("no product before the refusal")
+
+    with pytest.raises(DeviceError, match="torch tensor"):
+        cg(Elsewhere(torch.zeros(6, 6, dtype=torch.float64, device="meta")), rng.standard_normal(6))
+    # a dense torch matrix takes a NumPy b along to torch
+    r = cg(t(A), rng.standard_normal(6), rtol=RTOL)
+    assert isinstance(r.x, torch.Tensor) and r.backend == "torch"
+
 
 def test_check_preconditioner_refuses_before_work():
     _, src = _ggn_setup()

@@ -19,8 +19,10 @@ tensor, or a torch operator (``fastntk.operators.TorchLinearOperator``).
 **Which array library runs the solve** (``xp``, an ``array-api-compat`` namespace, see
 :mod:`fastntk.solvers._xp`): the right-hand side decides.  A torch ``b`` (CPU or CUDA) runs the solve
 on torch tensors of its device — a torch operator is applied directly, with no host copy; a NumPy
-``b`` with a torch operator goes through its ``to_scipy()`` adapter, as before.  Without a
-right-hand side (Lanczos, preconditioner builds) a torch operator or tensor runs on torch.
+``b`` with a CPU torch operator goes through its ``to_scipy()`` adapter, as before (with a CUDA
+operator it is a ``DeviceError``: pass ``b`` as a tensor on that device).  A dense torch tensor ``A``
+always runs on torch (``b`` is moved next to it), and without a right-hand side (Lanczos,
+preconditioner builds) a torch operator or tensor runs on torch.
 This module never imports torch, cupy or numba at import time.
 """
 from __future__ import annotations
@@ -299,6 +301,9 @@ def as_operator(A: Any, *, prefer_gpu: bool = False, like: Any = None) -> Operat
         return _torch_operator(A, like)
     if is_torch_operator(A) and (like is None or torch_like):
         return _torch_operator(A, like)
+    if is_torch_operator(A) and getattr(getattr(A, "device", None), "type", "cpu") != "cpu" and not is_cupy_object(like):
+        raise DeviceError(f"the operator lives on {A.device} but b is a {type(like).__name__}: pass b as a torch tensor on "
+                          f"{A.device} (the solve then runs there, no host copy).")
     if torch_like:
         import array_api_compat.torch as atorch  # noqa: PLC0415
 
