@@ -37,8 +37,37 @@ def _inplace_relu_cnn(seed=0, C=3):
     return m.eval()
 
 
+class _SharedBN(nn.Module):
+    """A BN weight that the model also reads outside F.batch_norm: the rule must hand it to the fallback."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
+        with torch.no_grad():
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.conv(x)) + 0.3 * self.bn.weight.view(1, -1, 1, 1) ** 2)
+        return self.head(h.mean((2, 3)))
+
+
+def _bn1d_mlp(seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        m[2].running_mean.uniform_(-0.2, 0.2)
+        m[2].running_var.uniform_(0.5, 1.5)
+        m[2].weight.uniform_(0.5, 1.5)
+    return m.eval()
+
+
 def _cases():
     return {
+        "partial-bn-and-head": NamedPeft(tiny_bn_cnn(3), ["1.weight", "4.bias", "8.weight"]),
+        "bn1d-mlp+head": BatchNormPeft(_bn1d_mlp(4), include_head=True),
+        "shared-bn-weight": BatchNormPeft(_SharedBN(5).double().eval(), include_head=True),
         "bn-cnn+head": BatchNormPeft(tiny_bn_cnn(0), include_head=True),
         "bn-inplace-relu": BatchNormPeft(_inplace_relu_cnn(1), include_head=True),
         "vit-prompts+head": PromptPeft(tiny_vit(0), num_prompts=2, deep=True, seed=0, include_head=True),
@@ -47,6 +76,9 @@ def _cases():
 
 
 EXPECTED = {
+    "partial-bn-and-head": {"batchnorm", "linear"},
+    "bn1d-mlp+head": {"batchnorm", "linear"},
+    "shared-bn-weight": {"fallback", "batchnorm", "linear"},
     "bn-cnn+head": {"batchnorm", "linear"},
     "bn-inplace-relu": {"batchnorm", "linear"},
     "vit-prompts+head": {"prompt", "linear"},

@@ -24,6 +24,9 @@ Two implementations share this interface:
 * :class:`CachedJacobian` -- ``J`` built once (the per-sample engine of
   :mod:`.persample`: one forward and C batched backwards per batch; or ``vmap(jacrev)``
   in chunks) and stored (``nC·p`` floats); matvecs become matrix products.
+
+A third, :class:`~fastntk.operators.sketch.SketchedJacobian`, stores ``k`` random rows per
+sample (``E[J̃ᵀJ̃] = G``) and serves the *curvature* primitives only (its rows are not residual rows).
 """
 from __future__ import annotations
 
