@@ -22,9 +22,11 @@ PEFT parameters, and the per-sample parameter gradients follow from exact rules:
 The rules are captured with a :class:`~torch.overrides.TorchFunctionMode` (like the
 affine-BN rewrite of :mod:`._fast_ggn`) that recognises ``F.batch_norm`` / ``F.linear``
 calls whose weight or bias *is* one of the PEFT tensors, evaluates them in the explicit
-form above and records ``x̂`` / ``a`` and the output; a PEFT tensor seen by any other op
+form above (BatchNorm through a small custom autograd Function with per-sample γ / β copies)
+and records what the rule needs (the copies; the input ``a`` and output ``z``); a PEFT tensor seen by any other op
 sends its parameter to the fallback.  On the first batch the whole product is checked
-against ``vmap(jacrev)`` on a few samples (:meth:`PerSampleGradients.check`); if they
+against ``torch.func`` (``vmap(jacrev)`` contracted with random cotangents, i.e. a per-sample
+``vjp`` vmapped over them) on a few samples (:meth:`PerSampleGradients.check`); if they
 disagree the engine logs the reason and uses the fallback for every parameter.
 
 The exact per-sample Jacobian is the engine with ``S_i = I_C``
@@ -215,13 +217,18 @@ class PerSampleGradients:
         return self.products(xb, _identity if S is None else S, out=out)
 
     def check(self, xb: torch.Tensor, *, samples: int = 3, seed: int = 0) -> bool:
-        """Compare the rules with ``vmap(jacrev)`` on the first ``samples`` samples of ``xb``."""
+        """Compare the rules with ``torch.func`` on the first ``samples`` samples of ``xb``.
+
+        The reference is ``vmap(jacrev)`` contracted with 3 random cotangents, computed as a ``vmap``
+        over samples of a ``vjp`` vmapped over the cotangents (``J_iᵀ S_i`` without forming the
+        ``C × p`` per-sample Jacobian: a 1,000-class head would make that ``samples · C · p`` floats).
+        """
         xs = xb[:samples]
-        ref_J = per_sample_reference(self.f, self.w, xs).detach()
-        C = ref_J.shape[1]
+        with torch.no_grad():
+            C = int(self.f(self.w, xs[:1]).shape[-1])
         g = torch.Generator(device="cpu").manual_seed(seed)
         S = torch.randn(xs.shape[0], C, min(C, 3), generator=g, dtype=torch.float64).to(self.w)
-        ref = torch.einsum("bcp,bck->bkp", ref_J, S)
+        ref = self._fallback_all(xs, S)[0]
         scale = max(float(ref.abs().max()), 1e-300)
         try:
             got, _ = self._rules(xs, S)
@@ -229,7 +236,7 @@ class PerSampleGradients:
         except RuntimeError as e:  # e.g. a model that runs its own autograd inside the forward
             err, why = float("inf"), f"{type(e).__name__}: {e}"
         else:
-            why = f"max rel. diff {err:.1e} vs vmap(jacrev)"
+            why = f"max rel. diff {err:.1e} vs torch.func vmap(vjp)"
         self.ok = err <= 1e3 * torch.finfo(self.w.dtype).eps
         counts = {r: sum(v == r for v in self.plan.values()) for r in RULES}
         self.reason = (f"per-sample rules {'used' if self.ok else 'disabled, vmap fallback for every parameter'} ({why}; "
