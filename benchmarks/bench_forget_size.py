@@ -60,7 +60,7 @@ def _run(S, lam, r_idx, f_idx, form, budget, on_fail="raise"):
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # on_fail="warn": non-convergence is recorded from res.solves instead
-        res = unlearn(S.model, S.peft, (X[r_idx], y[r_idx]), (X[f_idx], y[f_idx]), ridge=lam, w0=S.w0, form=form,
+        res = unlearn(S.model, S.peft, (X[r_idx], y[r_idx]), (X[f_idx], y[f_idx]), trained_with="linearized-mse", ridge=lam, w0=S.w0, form=form,
                       memory_budget=budget, on_fail=on_fail, check_overlap=False)  # disjoint by index; images may repeat
     return res, time.perf_counter() - t
 

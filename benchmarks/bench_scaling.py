@@ -47,7 +47,7 @@ def child(model_name: str, n: int, budget: float) -> dict:
     r = np.setdiff1d(np.arange(n), f)
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
-    res = unlearn(model, peft, (data.X[r], data.y[r]), (data.X[f], data.y[f]), ridge=1.0, w0=w0, memory_budget=budget)
+    res = unlearn(model, peft, (data.X[r], data.y[r]), (data.X[f], data.y[f]), trained_with="linearized-mse", ridge=1.0, w0=w0, memory_budget=budget)
     wall = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

@@ -113,7 +113,7 @@ def main(argv=None):
         with PeakRSS() as pr, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t = time.perf_counter()
-            res = unlearn(model, peft, (Xr, yr), (Xf, yf), ridge=ridge, w0=w0, form="primal", strategy=strategy,
+            res = unlearn(model, peft, (Xr, yr), (Xf, yf), trained_with="linearized-mse", ridge=ridge, w0=w0, form="primal", strategy=strategy,
                           memory_budget=budget, rtol=1e-6, maxiter=maxiter, on_fail="warn", solver=solver)
             wall = time.perf_counter() - t
         tm = res.timings

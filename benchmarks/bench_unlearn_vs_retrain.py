@@ -51,7 +51,7 @@ def one_shot(S, r_idx, f_idx, budget):
     S.restore()
     X, y = S.train.X, S.train.y
     (lam, _), t_ridge = _timed(lambda: match_ridge(S.peft, (X, y), w_trained=S.w_trained, w0=S.w0, memory_budget=budget))
-    res, t_u = _timed(lambda: unlearn(S.model, S.peft, (X[r_idx], y[r_idx]), (X[f_idx], y[f_idx]), ridge=lam, w0=S.w0,
+    res, t_u = _timed(lambda: unlearn(S.model, S.peft, (X[r_idx], y[r_idx]), (X[f_idx], y[f_idx]), trained_with="linearized-mse", ridge=lam, w0=S.w0,
                                       form="auto", memory_budget=budget, check_overlap=False))
     phases = {"ridge matching (incl. its J_D)": t_ridge, "jacobian (J_r, J_f)": res.timings.get("jacobian", 0.0),
               "factor/solve": res.timings.get("solve", 0.0) + res.timings.get("factor", 0.0)}

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                 e.peft.write(e.w_trained)
                 t = time.perf_counter()
                 try:
-                    res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), ridge=lam, w0=e.w0,
+                    res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with=e.cfg.trained_with, ridge=lam, w0=e.w0,
                                   check_overlap=False, memory_budget=cfg.memory_budget, **kw)
                 except Exception as exc:  # a variant that fails is reported, not hidden
                     rows[name] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -72,5 +72,19 @@ def _register():
         kwargs.pop("zero_init_last", None)
         return SmallCNN(widths=(8, 16, 32), **kwargs)
 
+    @register_model
+    def fastntk_vit_tiny(pretrained: bool = False, img_size: int = 28, **kwargs):
+        """A small timm ViT for 28-32 px images (patch 7 at 28 px / 8 at 32 px, dim 96, depth 4, 3 heads), for
+        visual-prompt PEFT on CPUs; no pretrained weights."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        if pretrained:
+            raise RuntimeError("fastntk_vit_tiny has no pretrained weights")
+        kwargs.pop("zero_init_last", None)
+        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(k, None)
+        patch = 7 if img_size % 7 == 0 else 8 if img_size % 8 == 0 else 4
+        return VisionTransformer(img_size=img_size, patch_size=patch, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0, **kwargs)
+
 
 _register()

@@ -56,14 +56,21 @@ class ExperimentConfig:
     batch_size: int = 64
     ridge: float = 1.0
     target_scale: float = 1.0
+    # early stopping: a validation split of this fraction of the fine-tuning images is held out (never trained on,
+    # never forgotten); fine-tuning and every retraining stop once its accuracy has not improved for `patience`
+    # epochs (then `epochs` is the maximum) and keep the best epoch's weights. 0: a fixed number of epochs.
+    val_fraction: float = 0.0
+    patience: int = 2
     # forgetting
     forget: str = "random"  # random | class
     forget_fraction: float = 0.1
     forget_class: int = 0
     # unlearning
     form: str = "auto"
-    unlearn_ridge: str = "match"  # "train" (the fine-tuning ridge), "match" (effective ridge, fastntk.unlearn.match_ridge) or a number
-    unlearn_loss: str = "mse"
+    # "auto": the library's rule for the model's trained_with (CE: the damping rule of fastntk.update.tilted; MSE: the
+    # matched ridge), "train" (the fine-tuning ridge), "match" (effective ridge, fastntk.unlearn.match_ridge) or a number
+    unlearn_ridge: str = "auto"
+    unlearn_loss: str = "auto"  # "auto" (the kernel of the training loss: fastntk.update.policy), "mse" or "ce"
     # "auto": w0 + anchor "fit" after linearized fine-tuning (exact); after ordinary fine-tuning the trained weights
     # + anchor "trained" (Newton step from the trained weights with the kernel at the trained weights: the variant
     # closest to retraining on average over seeds in benchmarks/bench_variants.py)
@@ -109,17 +116,23 @@ class ExperimentConfig:
     def finetune_recipe(self) -> dict:
         """Keyword arguments of :func:`fastntk.train.finetune_peft` for this config (replayed exactly by retraining)."""
         return dict(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, loss=self.finetune_loss, ridge=self.ridge,
-                    target_scale=self.target_scale, linearized=self.finetune == "linearized", progress=self.progress)
+                    target_scale=self.target_scale, linearized=self.finetune == "linearized", progress=self.progress,
+                    patience=self.patience)
+
+    @property
+    def trained_with(self) -> str:
+        """How the fine-tuned model was trained, as :func:`fastntk.unlearn` takes it: ``"linearized-mse"``,
+        ``"mse"`` or ``"ce"``."""
+        return "linearized-mse" if self.finetune == "linearized" else self.finetune_loss
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with ``"auto"`` choices made (linearization point and anchor follow the fine-tuning kind)."""
-        lin_ft = self.finetune == "linearized"
-        return dataclasses.replace(
-            self,
-            linearize_at=("w0" if lin_ft else "trained") if self.linearize_at == "auto" else self.linearize_at,
-            anchor=("fit" if lin_ft else "trained") if self.anchor == "auto" else self.anchor,
-            steps=1 if self.steps == "auto" else int(self.steps),
-        )
+        from .update.policy import resolve_variant
+
+        v, _ = resolve_variant(self.trained_with, linearize_at=self.linearize_at, anchor=self.anchor, loss=self.unlearn_loss,
+                               steps=self.steps)
+        return dataclasses.replace(self, linearize_at=v["linearize_at"], anchor=v["anchor"], unlearn_loss=v["loss"],
+                                   steps=v["steps"] if v["steps"] == "auto" else int(v["steps"]))
 
     def validate(self) -> "ExperimentConfig":
         if self.linearize_at not in ("auto", "w0", "trained"):
@@ -138,12 +151,16 @@ class ExperimentConfig:
             raise ConfigError(f"finetune must be 'linearized' or 'standard', got {self.finetune!r}")
         if self.peft not in ("batchnorm", "prompt"):
             raise ConfigError(f"peft must be 'batchnorm' or 'prompt', got {self.peft!r}")
-        if str(self.unlearn_ridge) not in ("train", "match"):
+        if self.finetune == "linearized" and self.finetune_loss != "mse":
+            raise ConfigError("linearized fine-tuning is supported with finetune_loss='mse' (the setting where the update is exact)")
+        if self.unlearn_loss not in ("auto", "mse", "ce"):
+            raise ConfigError(f"unlearn_loss must be 'auto', 'mse' or 'ce', got {self.unlearn_loss!r}")
+        if str(self.unlearn_ridge) not in ("auto", "train", "match"):
             try:
                 if not float(self.unlearn_ridge) > 0:
                     raise ValueError
             except ValueError:
-                raise ConfigError(f"unlearn_ridge must be 'train', 'match' or a positive number, got {self.unlearn_ridge!r}") from None
+                raise ConfigError(f"unlearn_ridge must be 'auto', 'train', 'match' or a positive number, got {self.unlearn_ridge!r}") from None
         for b in self.baselines:
             if b not in ("FT", "GA", "NegGrad+", "dense"):
                 raise ConfigError(f"unknown baseline {b!r}; choose from FT, GA, NegGrad+, dense")
@@ -154,6 +171,8 @@ class ExperimentConfig:
                 ok = False
             if not ok:
                 raise ConfigError(f"steps must be 'auto' or an integer >= 1, got {self.steps!r}")
+        if not (0 <= self.val_fraction < 1) or self.patience < 1:
+            raise ConfigError(f"val_fraction must lie in [0, 1) and patience be >= 1, got {self.val_fraction}, {self.patience}")
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 4:
             raise ConfigError("epochs, batch_size must be >= 1 and image_size >= 4")
         out = Path(self.out_dir)
@@ -170,7 +189,7 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = False, seed: 
         raise ConfigError(f"unknown timm model {name!r}; see timm.list_models()")
     torch.manual_seed(seed)
     kwargs = dict(pretrained=pretrained, num_classes=num_classes)
-    if "vit" in name and img_size is not None:
+    if "vit" in name and img_size is not None:  # fastntk_vit_tiny included
         kwargs.update(img_size=img_size)
     try:
         return timm.create_model(name, zero_init_last=False, **kwargs)
@@ -320,6 +339,11 @@ def setup_experiment(cfg: ExperimentConfig) -> Experiment:
 
     cfg = cfg.validate().resolved()
     train, test, peft, t_pre, ck = setup_model(cfg)
+    val = None
+    if cfg.val_fraction > 0:
+        from .data import train_test_split
+
+        train, val = train_test_split(train, cfg.val_fraction, seed=cfg.seed + 7)
     model = peft.model.eval()
     w0 = peft.vector().clone()
     # ---------------------------------------------------------------- forget split
@@ -330,7 +354,7 @@ def setup_experiment(cfg: ExperimentConfig) -> Experiment:
     retain, forget = train.subset(r_idx), train.subset(f_idx)
     # ---------------------------------------------------------------- fine-tune, retrain (gold), noise floor
     linearized = cfg.finetune == "linearized"
-    recipe = cfg.finetune_recipe()
+    recipe = dict(cfg.finetune_recipe(), val=val)
     ft = finetune_peft(peft, train, w0=w0, seed=cfg.seed, desc="fine-tune", **recipe)
     w_trained = ft.w.clone()
     gold = B.retrain(peft, train, f_idx, w0=w0, seed=cfg.seed, **recipe)
@@ -369,7 +393,7 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
     # ---------------------------------------------------------------- Fast-NTK
     t = time.perf_counter()
     ridge_u, ridge_info, src_D = cfg.ridge, None, None
-    if str(cfg.unlearn_ridge) == "match":
+    if str(cfg.unlearn_ridge) == "match" or (str(cfg.unlearn_ridge) == "auto" and cfg.unlearn_loss == "mse"):
         from .operators import make_jacobian
         from .unlearn import match_ridge
 
@@ -377,12 +401,14 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
         src_D = make_jacobian(peft, train.X, w=w0, strategy="cached", memory_budget=cfg.memory_budget, progress=progress)
         ridge_u, ridge_info = match_ridge(peft, (train.X, train.y), w_trained=w_trained, w0=w0, target_scale=cfg.target_scale,
                                           memory_budget=cfg.memory_budget, source=src_D)
+    elif str(cfg.unlearn_ridge) == "auto":
+        ridge_u = "auto"  # the library's rule (CE: fastntk.update.tilted), recorded in the result
     elif str(cfg.unlearn_ridge) != "train":
         ridge_u = float(cfg.unlearn_ridge)
     times["ridge selection"] = time.perf_counter() - t
     t = time.perf_counter()
     step_fn = unlearn if dist is None else dist.unlearn  # torchrun: data-parallel, every rank on its shard
-    res = step_fn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0,
+    res = step_fn(model, peft, (retain.X, retain.y), (forget.X, forget.y), trained_with=cfg.trained_with, ridge=ridge_u, w0=w0,
                   linearize_at=cfg.linearize_at, form=cfg.form, loss=cfg.unlearn_loss, target_scale=cfg.target_scale,
                   scale=cfg.scale, steps=cfg.steps, strategy=cfg.strategy, memory_budget=cfg.memory_budget, rtol=cfg.rtol,
                   solver=cfg.solver, anchor=cfg.anchor, check_overlap=False,  # disjoint by index; images may repeat
@@ -416,7 +442,8 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
             rows[name], times[name] = ev(b.w), b.seconds
     if "dense" in cfg.baselines:
         t = time.perf_counter()
-        d = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), ridge=ridge_u, w0=w0, form="dense", check_overlap=False,
+        d = unlearn(model, peft, (retain.X, retain.y), (forget.X, forget.y), trained_with=cfg.trained_with, loss="mse",
+                    ridge=ridge_u if ridge_u != "auto" else cfg.ridge, w0=w0, form="dense", check_overlap=False, anchor="fit",
                     linearize_at=cfg.linearize_at, target_scale=cfg.target_scale, strategy="stream")
         times["dense NTK"] = time.perf_counter() - t
         rows["dense NTK"] = ev(d.w_new)
@@ -499,7 +526,9 @@ def write_report(result: dict, out_dir) -> dict:
 # form, conjugate gradients, no preconditioner).  Any other key must keep unlearn()'s default.
 _DIST_PASS = ("ridge", "w0", "target_scale", "strategy", "memory_budget", "batch_size", "rtol", "maxiter")
 _DIST_IGNORED = ("progress", "check_overlap")
-_DIST_ACCEPTED = {"form": ("auto", "primal"), "solver": ("auto", "cg"), "preconditioner": (None, "none"), "scale": (None, 1, 1.0)}
+_DIST_ACCEPTED = {"form": ("auto", "primal"), "solver": ("auto", "cg"), "preconditioner": (None, "none"), "scale": (None, 1, 1.0),
+                  "linearize_at": ("auto", "w0"), "anchor": ("auto", "fit"), "loss": ("auto", "mse"), "steps": ("auto", 1),
+                  "trained_with": ("linearized-mse", "mse")}
 
 
 def _same(a, b) -> bool:

@@ -43,7 +43,7 @@ from .data import ImageData, check_finite, check_labels
 from .errors import DataError, InvalidInputError, NumericalError
 from .peft import PeftSet, eval_mode
 
-__all__ = ["TrainLog", "batch_schedule", "pretrain", "finetune_peft", "predict", "peft_loss"]
+__all__ = ["TrainLog", "batch_schedule", "pretrain", "finetune_peft", "predict", "peft_loss", "linearized_function"]
 
 
 @dataclass
@@ -59,6 +59,9 @@ class TrainLog:
     n_samples: int = 0
     w: torch.Tensor | None = None
     config: dict = field(default_factory=dict)
+    val_acc: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    best_epoch: int | None = None
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -208,7 +211,7 @@ def peft_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", target_sc
     raise InvalidInputError(f"unknown loss {loss!r}; choose 'ce' or 'mse'")
 
 
-def _linearized(f: Callable, wbar: torch.Tensor) -> Callable:
+def linearized_function(f: Callable, wbar: torch.Tensor) -> Callable:
     """``f_lin(w, x) = f(w̄, x) + J(x)(w − w̄)`` via one ``torch.func.jvp`` (differentiable in ``w``)."""
     from torch.func import jvp
 
@@ -217,6 +220,9 @@ def _linearized(f: Callable, wbar: torch.Tensor) -> Callable:
         return primal + tangent
 
     return flin
+
+
+_linearized = linearized_function  # older private name (kept for callers inside fastntk)
 
 
 def finetune_peft(
@@ -238,8 +244,16 @@ def finetune_peft(
     momentum: float = 0.0,
     progress: bool = True,
     desc: str = "finetune",
+    val: ImageData | None = None,
+    patience: int = 2,
 ) -> TrainLog:
     """Train the PEFT parameters on ``data`` (the module docstring gives the objective and schedule).
+
+    ``val``: a held-out validation split (never part of ``data``).  With it, ``epochs`` is the *maximum*
+    number of epochs: after each epoch the validation accuracy is measured, training stops once it has not
+    improved for ``patience`` epochs, and the weights of the best epoch are returned (the recipe a
+    practitioner uses; ``log.best_epoch`` / ``log.epochs_run`` / ``log.val_acc`` record what happened).
+    Retraining replays the same rule on ``D_r`` with the same ``val``, so it may stop at another epoch.
 
     ``w0``: ridge centre and linearization point ``w̄`` (default: the model's
     current PEFT vector); training starts at ``w_start`` (default ``w0``).
@@ -255,7 +269,13 @@ def finetune_peft(
         raise InvalidInputError(f"ridge must be >= 0, got {ridge}")
     if int(epochs) < 1:
         raise InvalidInputError(f"epochs must be >= 1, got {epochs}")
+    if int(patience) < 1:
+        raise InvalidInputError(f"patience must be >= 1, got {patience}")
     _check_data(data)
+    if val is not None:
+        _check_data(val)
+        if len(val) == 0:
+            raise DataError("the validation split is empty")
     n = len(data)
     keep = _keep_mask(n, drop)
     m = n if keep is None else int(keep.sum())
@@ -264,14 +284,16 @@ def finetune_peft(
     w = ws.detach().clone().requires_grad_(True)
     X, y = data.X.to(peft.dtype), data.y
     f = peft.functional()
-    fn = _linearized(f, w0) if linearized else f
+    fn = linearized_function(f, w0) if linearized else f
     opt = _make_optimizer([w], optimizer, lr, momentum)
     coef = float(ridge) / (2.0 * m)
     log = TrainLog(
         n_samples=m,
         config=dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, loss=loss, target_scale=target_scale,
-                    ridge=ridge, linearized=linearized, optimizer=optimizer, n_dropped=n - m),
+                    ridge=ridge, linearized=linearized, optimizer=optimizer, n_dropped=n - m,
+                    early_stopping=val is not None, patience=int(patience) if val is not None else None),
     )
+    best = (-1.0, None, 0)  # (val accuracy, w, epoch)
     nb = math.ceil(n / batch_size)
     checked = False
     t0 = time.perf_counter()
@@ -306,12 +328,32 @@ def finetune_peft(
                 bar.update(1)
                 bar.set_postfix(loss=f"{lv.item():.4f}")
             log.losses.append(tot / max(cnt, 1))
+            if val is not None:
+                acc = _val_accuracy(fn, w.detach(), val, peft, batch_size)
+                log.val_acc.append(acc)
+                if acc > best[0]:
+                    best = (acc, w.detach().clone(), epoch + 1)
+                elif epoch + 1 - best[2] >= int(patience):
+                    break
+    log.epochs_run = len(log.losses)
+    if val is not None:
+        w, log.best_epoch = best[1], best[2]
     w = w.detach()
     peft.write(w)
     model.eval()
     log.w = w.clone()
     log.seconds = time.perf_counter() - t0
     return log
+
+
+@torch.no_grad()
+def _val_accuracy(fn: Callable, w: torch.Tensor, val: ImageData, peft: PeftSet, batch_size: int) -> float:
+    """Accuracy of ``fn(w, ·)`` on the validation split (the early-stopping criterion)."""
+    hits = 0
+    for s in range(0, len(val), max(int(batch_size), 256)):
+        xb = val.X[s : s + max(int(batch_size), 256)].to(peft.device, peft.dtype)
+        hits += int((fn(w, xb).argmax(-1).cpu() == val.y[s : s + xb.shape[0]].cpu()).sum())
+    return hits / len(val)
 
 
 # ---------------------------------------------------------------------------- prediction
@@ -339,7 +381,7 @@ def predict(
         dtype, device = peft_or_model.dtype, peft_or_model.device
         if linearize_at is not None:
             wbar = peft_or_model.check_vector(linearize_at, name="linearize_at")
-            flin = _linearized(f, wbar)
+            flin = linearized_function(f, wbar)
             run = lambda xb: flin(wv, xb)  # noqa: E731
         else:
             run = lambda xb: f(wv, xb)  # noqa: E731

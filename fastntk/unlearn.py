@@ -57,6 +57,18 @@ from .errors import (
 from .operators import GGNLinearOperator, NTKLinearOperator, make_jacobian
 from .operators.base import TorchLinearOperator
 from .precision import with_strict_precision
+from .update.guard import HarmTolerance, check_no_harm, retain_sample
+from .update.newton import NewtonOptions
+from .update.objective import NetworkObjective, loss_of
+from .update.policy import ce_anchor, resolve_variant
+from .update.tilted import JacobianOptions, tilted_newton
+from .update.solve import SolveContext as _SolveCtx
+from .update.solve import check_norm_bound as _check_norm_bound
+from .update.solve import cholesky64 as _cholesky
+from .update.solve import gram64, solve_summary as _solve_summary
+from .update.solve import jtv64 as _jtv64
+from .update.solve import jv64 as _jv64
+from .update.solve import solve_primal_direct as _solve_primal_direct
 
 log = logging.getLogger("fastntk")
 
@@ -118,19 +130,6 @@ class UnlearnResult:
         }
 
 
-def _solve_summary(s) -> dict:
-    if isinstance(s, dict):
-        return s
-    return {
-        "method": getattr(s, "method", None),
-        "backend": getattr(s, "backend", None),
-        "iterations": int(getattr(s, "iterations", 0)),
-        "matvecs": int(getattr(s, "matvecs", 0)),
-        "true_residual": float(np.max(getattr(s, "true_residual", np.nan))),
-        "tolerance": float(np.max(getattr(s, "tolerance", np.nan))),
-        "converged": bool(getattr(s, "converged", False)),
-        "seconds": float(getattr(s, "seconds", 0.0)),
-    }
 
 
 # ======================================================================================
@@ -232,95 +231,8 @@ def _targets(y: torch.Tensor, C: int, scale: float, dtype, device):
 # ======================================================================================
 # solves
 # ======================================================================================
-class _SolveCtx:
-    """Common solver settings and the solve bookkeeping of one request."""
-
-    def __init__(self, *, rtol, maxiter, preconditioner, precond_rank, backend, callback, on_fail, progress):
-        self.rtol = rtol
-        self.maxiter = maxiter
-        self.preconditioner = preconditioner
-        self.precond_rank = precond_rank
-        self.backend = backend
-        self.callback = callback
-        self.on_fail = on_fail
-        self.progress = progress
-        self.solves: dict = {}
-        self._precond_cache: dict = {}
-
-    def _precond(self, op: TorchLinearOperator, key):
-        name = self.preconditioner
-        if name in (None, "none"):
-            return None
-        if key is not None and key in self._precond_cache:
-            return self._precond_cache[key]
-        from . import solvers
-
-        sop = op.to_scipy()
-        if name == "jacobi":
-            M = solvers.JacobiPreconditioner(op.diagonal().double().cpu().numpy())
-        elif name == "nystrom":
-            M = solvers.NystromPreconditioner.build(sop, rank=min(self.precond_rank, op.shape[0] - 1), ridge=getattr(op, "ridge", 0.0), seed=0)
-        else:
-            raise InvalidInputError(f"unknown preconditioner {name!r}; choose 'none', 'jacobi' or 'nystrom'")
-        log.info("fastntk: preconditioner %s built for %s", name, key)
-        if key is not None:
-            self._precond_cache[key] = M
-        return M
-
-    def solve(self, op: TorchLinearOperator, b: torch.Tensor, name: str, *, rtol=None, key=None, quiet=False) -> torch.Tensor:
-        """``op⁻¹ b`` by preconditioned CG (fastntk.solvers); the result is recorded under ``name``."""
-        from . import solvers
-
-        if float(b.norm()) == 0.0:
-            x = torch.zeros_like(b)
-            self.solves[name] = {"method": "trivial", "iterations": 0, "matvecs": 0, "true_residual": 0.0, "converged": True}
-            return x
-        M = self._precond(op, key)
-        bar = None
-        cb = self.callback
-        if self.progress and not quiet:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(desc=f"solve {name}", unit="it", leave=False)
-
-            def cb(xk, _user=self.callback):
-                bar.update(1)
-                if _user is not None:
-                    _user(xk)
-
-        try:
-            res = solvers.cg(
-                op.to_scipy(),
-                b.detach().cpu().numpy(),
-                rtol=self.rtol if rtol is None else rtol,
-                maxiter=self.maxiter,
-                M=M,
-                callback=cb,
-                backend=self.backend,
-                on_fail=self.on_fail,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        # inner solves (quiet) accumulate into one summary; an outer solve is recorded as is
-        self.solves[name] = _merge(self.solves.get(name), res) if quiet else res
-        return torch.as_tensor(np.asarray(res.x), dtype=b.dtype, device=b.device)
 
 
-def _merge(prev, res):
-    """Accumulate inner solves (dual form) into one summary dict."""
-    s = _solve_summary(res)
-    if prev is None:
-        s["count"] = 1
-        return s
-    prev = dict(prev)
-    prev["count"] = prev.get("count", 1) + 1
-    prev["iterations"] += s["iterations"]
-    prev["matvecs"] += s["matvecs"]
-    prev["true_residual"] = max(prev["true_residual"], s["true_residual"])
-    prev["converged"] = prev["converged"] and s["converged"]
-    prev["seconds"] += s["seconds"]
-    return prev
 
 
 class _SchurOperator(TorchLinearOperator):
@@ -389,96 +301,18 @@ def _delta_primal(src_r, src_f, r_f, ridge_r, ctx, *, direct=False, g_extra=None
     return delta
 
 
-def _check_norm_bound(x, b, lam, solve, name):
-    """Guard rail: for ``(G + λI) x = b + r`` with ``‖r‖`` the certified residual, ``‖x‖ ≤ (‖b‖ + ‖r‖)/λ``.
-
-    A violation means the solve exploded (non-PSD operator, overflow): raise, never write.
-    """
-    if lam <= 0 or solve is None:
-        return
-    r = float(solve.get("true_residual", 0.0) if isinstance(solve, dict) else np.max(solve.true_residual))
-    bound = (float(b.double().norm()) + r) / lam
-    nx = float(x.double().norm())
-    if not math.isfinite(nx) or nx > bound * (1 + 1e-4) + 1e-30:
-        raise NumericalError(f"{name}: ‖Δ‖ = {nx:.3e} exceeds the bound (‖b‖ + ‖r‖)/λ = {bound:.3e}; the solve is unreliable "
-                             "(operator not PSD or overflow). Nothing was written")
-    if isinstance(solve, dict):
-        solve["norm_bound"] = bound
-    else:
-        solve.info["norm_bound"] = bound
 
 
-def _chunks(n, size):
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def _jv64(J, v, rows=4096):
-    """``J v`` in float64, row chunks (no float64 copy of the whole ``J``)."""
-    return torch.cat([J[a:b].double() @ v for a, b in _chunks(J.shape[0], rows)])
 
 
-def _jtv64(J, u, rows=4096):
-    out = torch.zeros(J.shape[1], *u.shape[1:], dtype=torch.float64, device=J.device)
-    for a, b in _chunks(J.shape[0], rows):
-        out += J[a:b].double().T @ u[a:b]
-    return out
 
 
-def gram64(J, *, side="params", rows=4096):
-    """``JᵀJ`` (side="params", p × p) or ``JJᵀ`` (side="samples", nC × nC) in float64, chunked."""
-    if side == "params":
-        G = torch.zeros(J.shape[1], J.shape[1], dtype=torch.float64, device=J.device)
-        for a, b in _chunks(J.shape[0], rows):
-            Jc = J[a:b].double()
-            G += Jc.T @ Jc
-        return G
-    K = torch.zeros(J.shape[0], J.shape[0], dtype=torch.float64, device=J.device)
-    for a, b in _chunks(J.shape[1], max(1, int(2e8 // max(1, 8 * J.shape[0])))):
-        Jc = J[:, a:b].double()
-        K += Jc @ Jc.T
-    return K
 
 
-def _cholesky(H: torch.Tensor, what: str) -> torch.Tensor:
-    """Cholesky factor of the SPD matrix ``H``, or a :class:`NumericalError` naming it."""
-    L, info = torch.linalg.cholesky_ex(H)
-    if int(info) != 0:
-        raise NumericalError(f"{what} is not positive definite; increase the ridge")
-    return L
 
 
-def _solve_primal_direct(src, g, lam, ctx, name):
-    """``(JᵀJ + λI)⁻¹ g`` with a float64 Cholesky factor in the smaller space.
-
-    ``p ≤ nC``: factor ``H = JᵀJ + λI`` (p × p).  ``nC < p``: push-through,
-    ``(JᵀJ + λI)⁻¹ g = (g − Jᵀ (JJᵀ + λI)⁻¹ J g) / λ`` with ``JJᵀ + λI`` (nC × nC).
-    Needs the cached ``J``.  The true residual ``‖(JᵀJ + λI) x − g‖`` is recorded.
-    """
-    t = time.perf_counter()
-    J = src.J
-    gd = g.double()
-    m, p = J.shape
-    if p <= m or lam <= 0:
-        H = gram64(J, side="params")
-        H.diagonal().add_(lam)
-        L = _cholesky(H, f"G_r + λI (λ = {lam})")
-        x = torch.cholesky_solve(gd.unsqueeze(1), L)[:, 0]
-        res = float((H @ x - gd).norm())
-        space = f"primal (p = {p})"
-    else:
-        K = gram64(J, side="samples")
-        K.diagonal().add_(lam)
-        L = _cholesky(K, f"Θ_rr + λI (λ = {lam})")
-        x = (gd - _jtv64(J, torch.cholesky_solve(_jv64(J, gd).unsqueeze(1), L)[:, 0])) / lam
-        res = float((_jtv64(J, _jv64(J, x)) + lam * x - gd).norm())
-        space = f"kernel (nC = {m})"
-    tol = max(ctx.rtol * float(gd.norm()), 0.0)
-    ctx.solves[name] = {"method": f"cholesky, {space} space", "backend": "torch", "iterations": 0, "matvecs": 2,
-                        "true_residual": res, "tolerance": tol, "converged": res <= tol or res == 0.0,
-                        "seconds": time.perf_counter() - t}
-    if not res <= max(tol, 1e3 * torch.finfo(torch.float64).eps * float(gd.norm())):
-        raise NumericalError(f"direct solve {name!r}: residual {res:.3e} above tolerance {tol:.3e} (ill-conditioned); increase the ridge")
-    return x.to(g.dtype)
 
 
 class _SumGGN(TorchLinearOperator):
@@ -676,21 +510,22 @@ def unlearn(
     retain,
     forget,
     *,
-    ridge: float,
+    trained_with: str,
+    ridge: float | str = "auto",
     w0: torch.Tensor | None = None,
-    linearize_at: str = "w0",
+    linearize_at: str = "auto",
     form: str = "auto",
-    loss: str = "mse",
+    loss: str = "auto",
     target_scale: float = 1.0,
     scale: float | str | None = None,
-    steps: int = 1,
+    steps: int | str = "auto",
     ridge_convention: str = "sum",
     strategy: str = "auto",
     memory_budget: float | None = 2e9,
     batch_size: int = 128,
     solver: str = "auto",
     direct_limit: int = 4096,
-    anchor: str = "fit",
+    anchor: str = "auto",
     preconditioner: str | None = "none",
     precond_rank: int = 50,
     rtol: float = 1e-6,
@@ -702,6 +537,8 @@ def unlearn(
     progress: bool = False,
     callback: Callable | None = None,
     check_overlap: bool = True,
+    harm: HarmTolerance | None = None,
+    newton: NewtonOptions | None = None,
 ) -> UnlearnResult:
     """Remove the influence of ``forget`` from the PEFT parameters of ``model``.
 
@@ -709,7 +546,12 @@ def unlearn(
     ----------
     model, peft : the trained model (eval mode) and its PEFT set (``peft.model is model``).
     retain, forget : ``(X, y)`` (or objects with ``.X``/``.y``, or Datasets of pairs): ``D_r`` and ``D_f``.
-    ridge : ``λ`` of the ridge fits (``½λ‖w − w̄‖²``, sum-loss convention).
+    trained_with : how the model was fine-tuned -- ``"ce"`` (cross-entropy, what most classifiers are),
+        ``"mse"`` (ordinary MSE fine-tuning) or ``"linearized-mse"`` (the linearized model, where the update is
+        exact).  Every ``"auto"`` below resolves from it (:mod:`fastntk.update.policy`), and the do-no-harm check
+        scores the update with this loss.  Required: a CE-trained model must never silently get the MSE update.
+    ridge : ``λ`` of the ridge fits (``½λ‖w − w̄‖²``, sum-loss convention), or ``"auto"``: for CE the damping rule of
+        :func:`fastntk.update.tilted.tilted_newton`; for MSE the matched ridge (:func:`match_ridge`, needs ``w0``).
     w0 : PEFT vector before fine-tuning (``linearize_at="w0"``; required then).
     linearize_at : ``"w0"`` (``w̄ = w0``, the theory) or ``"trained"`` (``w̄ = w_trained``, Golatkar's code).
     form : ``"auto" | "dual" | "primal" | "woodbury" | "dense"`` (module docstring).
@@ -745,7 +587,11 @@ def unlearn(
         on_fail / callback go to :func:`fastntk.solvers.cg`.  With a float32 model and CG the
         CG tolerance is floored at 1e-4 (float32 matvecs cannot certify less; logged).
         Use a float64 model for tighter certified tolerances.
-    inplace : write ``w_new`` into the model, only after everything succeeded.
+    inplace : write ``w_new`` into the model, only after everything succeeded (the do-no-harm check included).
+    harm : :class:`fastntk.update.guard.HarmTolerance` of the do-no-harm check (default: on; an update that makes the
+        retain loss of ``trained_with`` worse beyond the tolerance is damped, then refused with
+        :class:`~fastntk.errors.HarmfulUpdateError`).  Its figures are ``result.info["harm_check"]``.
+    newton : :class:`fastntk.update.newton.NewtonOptions` of the CE route (steps, stopping rule, line search).
     check_overlap : refuse a forget set with repeated inputs or inputs that also appear in the retain set
         (exact byte comparison, O(n)).
     allow_tf32 : keyword added by :func:`fastntk.precision.with_strict_precision` (default ``False``: TF32 is off on
@@ -757,19 +603,35 @@ def unlearn(
     """
     t_all = time.perf_counter()
     timings: dict = {}
-    reasons: dict = {}
     # ---------------------------------------------------------------- validation (no work yet)
+    variant, reasons = resolve_variant(trained_with, linearize_at=linearize_at, anchor=anchor, loss=loss, steps=steps)
+    linearize_at, anchor, loss, steps = variant["linearize_at"], variant["anchor"], variant["loss"], variant["steps"]
+    harm = HarmTolerance() if harm is None else harm
+    if not isinstance(harm, HarmTolerance):
+        raise InvalidInputError(f"harm must be a fastntk.update.guard.HarmTolerance, got {type(harm).__name__}")
+    if loss == "ce":
+        return _unlearn_ce(model, peft, retain, forget, trained_with=trained_with, ridge=ridge, w0=w0, linearize_at=linearize_at,
+                           form=form, anchor=anchor, steps=steps, reasons=reasons, harm=harm, newton=newton,
+                           jac=JacobianOptions(strategy=strategy, memory_budget=memory_budget, batch_size=batch_size,
+                                               direct_limit=direct_limit, solver=solver, progress=progress),
+                           solve=dict(rtol=rtol, maxiter=maxiter, preconditioner=preconditioner, precond_rank=precond_rank,
+                                      backend=backend, callback=callback, on_fail=on_fail, progress=progress),
+                           inplace=inplace, check_overlap=check_overlap, ridge_convention=ridge_convention, scale=scale,
+                           line_search=line_search, t_all=t_all)
+    if steps == "auto":
+        steps = 1
     if form not in FORMS:
         raise InvalidInputError(f"form must be one of {FORMS}, got {form!r}")
-    if loss not in ("mse", "ce"):
-        raise InvalidInputError(f"loss must be 'mse' or 'ce', got {loss!r}")
+    if loss != "mse":
+        raise InvalidInputError(f"loss must be 'auto', 'mse' or 'ce', got {loss!r}")
     if linearize_at not in ("w0", "trained"):
         raise InvalidInputError(f"linearize_at must be 'w0' or 'trained', got {linearize_at!r}")
     if ridge_convention not in ("sum", "mean"):
         raise InvalidInputError(f"ridge_convention must be 'sum' or 'mean', got {ridge_convention!r}")
     if on_fail not in ("raise", "warn"):
         raise InvalidInputError(f"on_fail must be 'raise' or 'warn', got {on_fail!r}")
-    lam = _check_scalar("ridge", ridge, nonneg=True)
+    if ridge != "auto":
+        ridge = _check_scalar("ridge", ridge, nonneg=True)
     rtol = _check_scalar("rtol", rtol, positive=True)
     target_scale = _check_scalar("target_scale", target_scale, positive=True)
     if maxiter is not None and int(maxiter) <= 0:
@@ -806,6 +668,9 @@ def unlearn(
     _check_labels(y_r, C, "retain")
     _check_labels(y_f, C, "forget")
     n_r, n_f, p = X_r.shape[0], X_f.shape[0], peft.p
+    if ridge == "auto" and w0 is None:
+        raise InvalidInputError("ridge='auto' for an MSE model is the matched ridge at w0 (match_ridge): pass w0, or ridge=")
+    lam = 1.0 if ridge == "auto" else ridge  # the matched ridge (computed after validation) is > 0 by construction
     lam_r = lam * n_r if ridge_convention == "mean" else lam
     if solver not in ("auto", "cg", "direct"):
         raise InvalidInputError(f"solver must be 'auto', 'cg' or 'direct', got {solver!r}")
@@ -839,6 +704,17 @@ def unlearn(
         warnings.warn("ridge = 0: the fit is unregularized; the solve may be ill-conditioned", stacklevel=2)
     log.info("fastntk: unlearn n_r=%d n_f=%d C=%d p=%d form=%s (%s)", n_r, n_f, C, p, chosen, why)
 
+    ridge_info = None
+    if ridge == "auto":
+        t = time.perf_counter()
+        lam, ridge_info = match_ridge(peft, (torch.cat([X_r, X_f]), torch.cat([y_r, y_f])), w_trained=w_trained, w0=w0,
+                                      target_scale=target_scale, memory_budget=memory_budget)
+        lam_r = lam * n_r if ridge_convention == "mean" else lam
+        timings["ridge"] = time.perf_counter() - t
+        reasons["ridge"] = (f"ridge='auto': matched ridge λ = {lam:.4g} (the λ whose linearized MSE fit at w0 best reproduces "
+                            "the trained outputs, match_ridge)")
+    else:
+        reasons["ridge"] = f"ridge={lam:g} given"
     ctx = _SolveCtx(rtol=rtol, maxiter=maxiter, preconditioner=preconditioner, precond_rank=precond_rank,
                     backend=backend, callback=callback, on_fail=on_fail, progress=progress)
     # ---------------------------------------------------------------- Jacobian sources
@@ -962,17 +838,106 @@ def unlearn(
             raise NumericalError(f"linearization step {k} produced NaN/Inf; the model was not changed")
         w_new = w_new + dk.to(dt)
         reasons["steps"] = f"{k - 1} Gauss-Newton step(s) on the retain objective after the first update, relinearized each time"
-    if steps > 1:
-        delta = w_new - w_trained
+    delta = w_new - w_trained  # the applied update: w_new = w_old + delta (scale and further steps included)
+    t = time.perf_counter()
+    delta, chk = _harm_check(peft, X_r, y_r, trained_with, w_trained, delta, w0, harm, target_scale)
+    w_new = w_trained + delta
+    timings["harm check"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     res = UnlearnResult(
         delta=delta, w_new=w_new, w_old=w_trained, form=chosen, strategy=getattr(src_r, "strategy", "?"), space=space,
-        loss=loss, scale=s, reasons=reasons, solves=ctx.solves, timings=timings,
-        info={"n_retain": n_r, "n_forget": n_f, "C": C, "p": p, "ridge": lam, "ridge_effective": lam_r, "linearize_at": linearize_at},
+        loss=loss, scale=s * chk.scale, reasons=reasons, solves=ctx.solves, timings=timings,
+        info={"n_retain": n_r, "n_forget": n_f, "C": C, "p": p, "ridge": lam, "ridge_effective": lam_r, "linearize_at": linearize_at,
+              "anchor": anchor, "steps": steps, "trained_with": trained_with, "harm_check": chk.summary(),
+              "ridge_selection": ridge_info},
     )
     if inplace:
         peft.write(w_new)
     log.info("fastntk: unlearned (form=%s, strategy=%s, |Δ|=%.3e, %d matvecs, %.2fs)", chosen, res.strategy, float(delta.norm()), res.matvecs, timings["total"])
+    return res
+
+
+def _harm_check(peft, X_r, y_r, trained_with, w_old, delta, w0, harm, target_scale):
+    """The do-no-harm check (:mod:`fastntk.update.guard`) on a fixed retain sample with the training loss."""
+    idx = torch.as_tensor(retain_sample(X_r.shape[0], harm.samples))
+    lin = w0 if trained_with == "linearized-mse" else None
+    if lin is None and trained_with == "linearized-mse":
+        raise InvalidInputError("trained_with='linearized-mse' needs w0 (the linearization point) for the do-no-harm check")
+    obj = NetworkObjective(peft, X_r[idx], y_r[idx], loss=loss_of(trained_with), target_scale=target_scale, linearized_at=lin)
+    return check_no_harm(obj, w_old, delta, harm)
+
+
+def _unlearn_ce(model, peft, retain, forget, *, trained_with, ridge, w0, linearize_at, form, anchor, steps, reasons, harm,
+                newton, jac, solve, inplace, check_overlap, ridge_convention, scale, line_search, t_all):
+    """The cross-entropy route: tilted Gauss-Newton steps (:func:`fastntk.update.tilted.tilted_newton`)."""
+    if form not in ("auto", "primal"):
+        raise InvalidInputError(f"loss='ce' is a Newton iteration in parameter space; form={form!r} is an MSE form (use form='auto')")
+    if linearize_at != "trained":
+        raise InvalidInputError("loss='ce' relinearizes at the current weights (linearize_at='trained' or 'auto'); "
+                                "linearize_at='w0' has no CE counterpart here")
+    if anchor not in ("trained", "retain", "by-request"):
+        raise InvalidInputError(f"loss='ce' takes anchor='trained' (tilted: keeps what early stopping left) or 'retain' "
+                                f"(plain retain objective), got {anchor!r}")
+    if ridge_convention != "sum" or scale is not None:
+        raise InvalidInputError("loss='ce' supports ridge_convention='sum' and scale=None only")
+    if ridge not in ("auto", "stationarity"):
+        ridge = _check_scalar("ridge", ridge, positive=True)
+    if newton is not None and steps != "auto":
+        raise InvalidInputError("pass either steps= or newton=, not both")
+    if newton is not None and not isinstance(newton, NewtonOptions):
+        raise InvalidInputError(f"newton must be a fastntk.update.newton.NewtonOptions, got {type(newton).__name__}")
+    if steps != "auto" and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) < 1):
+        raise InvalidInputError(f"steps must be 'auto' or an integer >= 1, got {steps!r}")
+    _check_model(model, peft)
+    X_r, y_r = _xy(retain, "retain")
+    X_f, y_f = _xy(forget, "forget")
+    if check_overlap:
+        _check_overlap(X_r, X_f)
+    if w0 is not None:
+        peft.check_vector(w0, name="w0")
+    w_trained = peft.vector()
+    with torch.no_grad():
+        C = int(peft.functional()(w_trained, X_f[:1].to(peft.device, peft.dtype)).shape[1])
+    _check_labels(y_r, C, "retain")
+    _check_labels(y_f, C, "forget")
+    if anchor == "by-request":
+        anchor, reasons["anchor"] = ce_anchor(y_r, y_f)
+    if newton is None:  # exactly `steps` steps when given; else the stopping rule (the growth test guards the tilted objective)
+        newton = NewtonOptions(line_search=line_search, stop_on_growth=anchor == "trained") if steps == "auto" else \
+            NewtonOptions(max_steps=int(steps), rel_decrement=0.0, line_search=line_search, stop_on_growth=False)
+    rtol = solve["rtol"]
+    if peft.dtype == torch.float32 and rtol < 1e-4:
+        reasons["rtol"] = f"float32 operators: CG rtol raised from {rtol:g} to 1e-4 (float32 matvecs cannot certify less)"
+        solve = dict(solve, rtol=1e-4)
+    ctx = _SolveCtx(**solve)
+    reasons["form"] = "loss='ce': Newton iteration in parameter space (primal)"
+    reasons["steps"] = (f"steps='auto': Newton steps until δ²_k ≤ {newton.rel_decrement}·δ²_1 (at most {newton.max_steps})"
+                        if steps == "auto" else f"steps={steps} requested: exactly {steps} Newton steps unless the line search stops")
+    log.info("fastntk: unlearn (CE) n_r=%d n_f=%d C=%d p=%d anchor=%s", X_r.shape[0], X_f.shape[0], C, peft.p, anchor)
+    r = tilted_newton(peft, (X_r, y_r), (X_f, y_f), w_trained=w_trained, w0=w0, loss="ce", ridge=ridge, newton=newton,
+                      jac=jac, ctx=ctx, tilt=anchor == "trained")
+    reasons["ridge"] = r.ridge_info["rule"] + f": λ = {r.ridge:.4g}"
+    reasons["strategy"], reasons["solver"] = r.strategy, r.solver
+    reasons["stop"] = f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}"
+    delta = r.w - w_trained
+    if not torch.isfinite(delta).all():
+        raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge")
+    timings = dict(r.timings)
+    t = time.perf_counter()
+    delta, chk = _harm_check(peft, X_r, y_r, trained_with, w_trained, delta, w0, harm, 1.0)
+    timings["harm check"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+    res = UnlearnResult(
+        delta=delta, w_new=w_trained + delta, w_old=w_trained, form="primal", strategy=r.strategy.split(" ")[0], space="primal",
+        loss="ce", scale=chk.scale, reasons=reasons, solves=ctx.solves, timings=timings,
+        info={"n_retain": X_r.shape[0], "n_forget": X_f.shape[0], "C": C, "p": peft.p, "ridge": r.ridge, "ridge_effective": r.ridge,
+              "linearize_at": "trained", "anchor": anchor, "trained_with": trained_with, "steps": r.newton.steps,
+              "newton": r.newton.summary(), "ridge_selection": r.ridge_info, "harm_check": chk.summary(),
+              "grad_forget_norm": r.grad_forget_norm},
+    )
+    if inplace:
+        peft.write(res.w_new)
+    log.info("fastntk: unlearned (CE, %d steps, |Δ|=%.3e, %.2fs)", r.newton.steps, float(delta.norm()), timings["total"])
     return res
 
 
@@ -1304,13 +1269,13 @@ def match_ridge(peft, train, *, w_trained: torch.Tensor, w0: torch.Tensor, grid=
     return best, {"grid": [float(g) for g in grid], "scores": scores}
 
 
-def unlearning(net, retain_loader, forget_loader, val_loader=None, *, ridge: float = 1e-3, peft=None, **kwargs):
+def unlearning(net, retain_loader, forget_loader, val_loader=None, *, ridge: float | str = "auto", peft=None, **kwargs):
     """NeurIPS 2023 unlearning-challenge signature: ``unlearning(net, retain, forget, val) -> net``.
 
     Unlearns the BatchNorm affine parameters of ``net`` (a copy; ``net`` itself is
-    not modified) with the Newton form linearized at the trained weights, and
-    returns the unlearned copy.  ``val_loader`` is accepted for compatibility and
-    unused.
+    not modified) with :func:`unlearn` (``trained_with="ce"`` unless given: the challenge's
+    models are classifiers trained with cross-entropy; every other option its default) and
+    returns the unlearned copy.  ``val_loader`` is accepted for compatibility and unused.
     """
     import copy
 
@@ -1332,5 +1297,6 @@ def unlearning(net, retain_loader, forget_loader, val_loader=None, *, ridge: flo
     retain = collect(retain_loader, "retain")
     forget = collect(forget_loader, "forget")
     kwargs.setdefault("linearize_at", "trained")
+    kwargs.setdefault("trained_with", "ce")  # the challenge's models are classifiers trained with cross-entropy
     unlearn(new, peft, retain, forget, ridge=ridge, inplace=True, **kwargs)
     return new

@@ -30,7 +30,7 @@ def _lin():
 
 def _u(**kw):
     m, peft, X, y = _lin()
-    args = dict(ridge=0.1, w0=peft.vector())
+    args = dict(trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
     args.update(kw)
     return lambda: unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), **args)
 
@@ -39,34 +39,34 @@ def _nan_inputs():
     m, peft, X, y = _lin()
     X = X.clone()
     X[9, 0] = float("nan")
-    return unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), ridge=0.1, w0=peft.vector())
+    return unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _inf_param():
     m, peft, X, y = _lin()
     with torch.no_grad():
         m[0][1].weight[0, 0] = float("inf")
-    return unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), ridge=0.1, w0=peft.vector())
+    return unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _labels_out_of_range():
     m, peft, X, y = _lin()
-    return unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:] + 3), ridge=0.1, w0=peft.vector())
+    return unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:] + 3), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _empty_forget():
     m, peft, X, y = _lin()
-    return unlearn(m, peft, (X[:8], y[:8]), (X[:0], y[:0]), ridge=0.1, w0=peft.vector())
+    return unlearn(m, peft, (X[:8], y[:8]), (X[:0], y[:0]), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _overlap():
     m, peft, X, y = _lin()
-    return unlearn(m, peft, (X[:8], y[:8]), (X[7:], y[7:]), ridge=0.1, w0=peft.vector())
+    return unlearn(m, peft, (X[:8], y[:8]), (X[7:], y[7:]), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _dup_forget():
     m, peft, X, y = _lin()
-    return unlearn(m, peft, (X[:8], y[:8]), (X[[9, 9, 10]], y[[9, 9, 10]]), ridge=0.1, w0=peft.vector())
+    return unlearn(m, peft, (X[:8], y[:8]), (X[[9, 9, 10]], y[[9, 9, 10]]), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _unlearner(req):
@@ -79,12 +79,12 @@ def _train_mode_bn():
     m = tiny_bn_cnn().train()
     X = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     return unlearn(m, BatchNormPeft(m), (X[:2], torch.zeros(2, dtype=torch.long)), (X[2:], torch.zeros(2, dtype=torch.long)),
-                   ridge=0.1, linearize_at="trained")
+                   trained_with="linearized-mse", ridge=0.1, linearize_at="trained")
 
 
 def _wrong_model():
     m, peft, X, y = _lin()
-    return unlearn(linear_model(1), peft, (X[:8], y[:8]), (X[8:], y[8:]), ridge=0.1, w0=peft.vector())
+    return unlearn(linear_model(1), peft, (X[:8], y[:8]), (X[8:], y[8:]), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
 
 
 def _truncated_checkpoint(tmp_path):
@@ -223,5 +223,5 @@ def test_model_untouched_after_typed_errors():
     h = _hash(m)
     for kw in (dict(rtol=-1), dict(form="x"), dict(ridge=0.0, form="primal"), dict(maxiter=0)):
         with pytest.raises(E.FastNTKError):
-            unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), w0=peft.vector(), inplace=True, **{"ridge": 0.1, **kw})
+            unlearn(m, peft, (X[:8], y[:8]), (X[8:], y[8:]), w0=peft.vector(), inplace=True, **{"trained_with": "linearized-mse", "ridge": 0.1, **kw})
     assert _hash(m) == h

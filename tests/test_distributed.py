@@ -135,7 +135,7 @@ def _check_equals_single_process(outs, strategy):
     w0 = peft.vector().clone()
     peft.write(w0 + 0.01)
     r = np.setdiff1d(np.arange(N), NF_IDX)
-    ref = unlearn(model, peft, (X[r], y[r]), (X[NF_IDX], y[NF_IDX]), ridge=0.3, w0=w0, form="primal", solver="cg",
+    ref = unlearn(model, peft, (X[r], y[r]), (X[NF_IDX], y[NF_IDX]), trained_with="linearized-mse", ridge=0.3, w0=w0, form="primal", solver="cg",
                   strategy=strategy, rtol=1e-12)
     for o in outs:
         assert o["strategy"] == f"{strategy} (data-parallel)"

@@ -52,7 +52,7 @@ def test_linearized_finetune_then_unlearn_equals_retrain_to_tolerance():
     w_trained = peft.vector().clone()
     r, f = make_forget_split(data.y, fraction=0.2, seed=1)
     gold = retrain(peft, data, f, w0=w0, **recipe)
-    res = unlearn(model, peft, (data.X[r], data.y[r]), (data.X[f], data.y[f]), ridge=0.5, w0=w0, form="primal", rtol=1e-10)
+    res = unlearn(model, peft, (data.X[r], data.y[r]), (data.X[f], data.y[f]), trained_with="linearized-mse", ridge=0.5, w0=w0, form="primal", rtol=1e-10)
     err = float((res.w_new - gold.w).norm() / (gold.w - w_trained).norm())
     assert err < 1e-3, err
 

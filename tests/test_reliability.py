@@ -17,7 +17,7 @@ def test_same_inputs_give_bit_identical_delta(strategy, form):
     m, peft, X, y = make_problem("cnn", 14, 5)
     w0 = peft.vector().clone()
     peft.write(w0 + 0.01)
-    runs = [unlearn(m, peft, (X[:10], y[:10]), (X[10:], y[10:]), ridge=0.3, w0=w0, form=form, strategy=strategy, rtol=1e-8).delta
+    runs = [unlearn(m, peft, (X[:10], y[:10]), (X[10:], y[10:]), trained_with="linearized-mse", ridge=0.3, w0=w0, form=form, strategy=strategy, rtol=1e-8).delta
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
 
@@ -66,7 +66,7 @@ def test_fuzz_public_api_only_raises_typed_errors(n, n_f, C, lam, form, strategy
     y = torch.randint(0, C, (n + n_f,), generator=g) + label_shift
     before = peft.vector().clone()
     try:
-        res = unlearn(m, peft, (X[:n], y[:n]), (X[n:], y[n:]), ridge=lam, w0=before, form=form, strategy=strategy, loss=loss,
+        res = unlearn(m, peft, (X[:n], y[:n]), (X[n:], y[n:]), trained_with="linearized-mse", ridge=lam, w0=before, form=form, strategy=strategy, loss=loss,
                       rtol=rtol, maxiter=500, inplace=True)
     except FastNTKError:
         assert torch.equal(peft.vector(), before)  # nothing written on error

@@ -168,7 +168,7 @@ def test_linearized_gradient_matches_jacobian():
     d = _data(n=6)
     peft = BatchNormPeft(_model(), include_head=True)
     w0 = peft.vector()
-    from fastntk.train import _linearized
+    from fastntk.train import linearized_function as _linearized
 
     f = peft.functional()
     flin = _linearized(f, w0)

@@ -99,14 +99,14 @@ def test_truth_every_form_equals_retain_fit(kind, n, seed, lam, mode, frac):
             if form == "dual" and strategy == "stream" and kind == "cnn":
                 continue  # nested CG over a streamed jvp-model: minutes; covered by the linear model and by cached
             for solver in (("cg", "direct") if (form == "primal" and strategy == "cached") else ("auto",)):
-                res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form=form, strategy=strategy,
+                res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, form=form, strategy=strategy,
                               solver=solver, rtol=1e-12)
                 assert rel_err(res.w_new, wR, wD) <= 1e-8, (form, strategy, solver)
                 assert res.form == form and res.strategy == strategy
     # the retain-gradient Newton step lands on the retain fit from ANY start (here: w0)
     peft.write(w0 + 0.1)
     for strategy in ("stream", "cached"):
-        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", anchor="retain",
+        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, form="primal", anchor="retain",
                       strategy=strategy, rtol=1e-12)
         assert rel_err(res.w_new, wR, wD) <= 1e-8
     peft.write(wD)
@@ -152,7 +152,7 @@ def test_zero_influence_gives_zero_delta():
     peft.write(wD)
     r = np.setdiff1d(np.arange(10), [2, 5])
     for form in ("dual", "primal", "woodbury"):
-        res = unlearn(m, peft, (X[r], y[r]), (X[[2, 5]], y[[2, 5]]), ridge=lam, w0=w0, form=form, rtol=1e-12,
+        res = unlearn(m, peft, (X[r], y[r]), (X[[2, 5]], y[[2, 5]]), trained_with="linearized-mse", ridge=lam, w0=w0, form=form, rtol=1e-12,
                       check_overlap=False)  # two all-zero inputs: identical on purpose
         assert float(res.delta.abs().max()) <= 1e-10
 
@@ -161,21 +161,21 @@ def test_auto_form_choice_and_reasons():
     m, peft, X, y = make_problem("linear", 20, 0)
     w0 = peft.vector().clone()
     r, f = np.arange(15), np.arange(15, 20)
-    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.1, w0=w0)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=0.1, w0=w0)
     # J cached and small -> direct Cholesky Newton step, in the kernel space since p = 63 > n_r·C = 45
     assert res.form == "primal" and "direct" in res.reasons["form"] and "kernel" in res.reasons["form"]
-    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.1, w0=w0, strategy="stream")
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=0.1, w0=w0, strategy="stream")
     # streamed, p = 63 > n_r·C = 45 -> dual
     assert res.form == "dual" and "kernel space" in res.reasons["form"]
     m2, peft2, X2, y2 = make_problem("linear", 60, 0)
-    res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), ridge=0.1, w0=peft2.vector(), solver="cg")
+    res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), trained_with="linearized-mse", ridge=0.1, w0=peft2.vector(), solver="cg")
     assert res.form == "primal" and res.space == "primal"
     # cached J, n_f·C = 30 ≤ p = 63 ≤ n_r·C = 150 -> one factor of H = G_D + λI and a forget-space system
-    res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), ridge=0.1, w0=peft2.vector())
+    res = unlearn(m2, peft2, (X2[:50], y2[:50]), (X2[50:], y2[50:]), trained_with="linearized-mse", ridge=0.1, w0=peft2.vector())
     assert res.form == "woodbury" and "forget-space" in res.reasons["form"]
     # float32: the dual form's inner solves would need 1e-6, below what float32 CG certifies -> primal
     m32 = m.float()
-    res = unlearn(m32, NamedPeft(m32, ["1.*"]), (X[r].float(), y[r]), (X[f].float(), y[f]), ridge=0.1, w0=w0.float(), strategy="stream")
+    res = unlearn(m32, NamedPeft(m32, ["1.*"]), (X[r].float(), y[r]), (X[f].float(), y[f]), trained_with="linearized-mse", ridge=0.1, w0=w0.float(), strategy="stream")
     assert res.form == "primal" and "float32" in res.reasons["form"]
 
 
@@ -185,27 +185,14 @@ def test_scale_options_and_inplace():
     wD = ridge_fit(peft, X, y, w0, 0.2, 3)
     peft.write(wD + 0.01)  # not exactly converged
     r, f = np.arange(16), np.arange(16, 20)
-    base = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, form="primal", rtol=1e-10)
-    half = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, form="primal", scale=0.5, rtol=1e-10)
+    base = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=0.2, w0=w0, form="primal", rtol=1e-10)
+    half = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=0.2, w0=w0, form="primal", scale=0.5, rtol=1e-10)
     torch.testing.assert_close(half.w_new, base.w_old + 0.5 * base.delta)
-    tr = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, form="primal", scale="trapezium", rtol=1e-10)
+    tr = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=0.2, w0=w0, form="primal", scale="trapezium", rtol=1e-10)
     assert np.isfinite(tr.scale) and tr.scale > 0 and "trapezium" in tr.reasons["scale"]
     before = peft.vector().clone()
-    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=0.2, w0=w0, inplace=True, form="primal", rtol=1e-10)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=0.2, w0=w0, inplace=True, form="primal", rtol=1e-10)
     assert torch.equal(peft.vector(), res.w_new) and not torch.equal(before, res.w_new)
-
-
-def test_ce_step_is_damped_and_lowers_retain_loss():
-    m = tiny_bn_cnn(0)
-    peft = BatchNormPeft(m, include_head=True)
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(24, 3, 8, 8, dtype=torch.float64, generator=g)
-    y = torch.randint(0, 3, (24,), generator=g)
-    r, f = np.arange(18), np.arange(18, 24)
-    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1e-3, loss="ce", linearize_at="trained", rtol=1e-8)
-    ls = res.solves["line search"]
-    assert ls["loss_after"] <= ls["loss_before"]
-    assert 0 < ls["step"] <= 1
 
 
 def test_mean_ridge_convention_is_close_for_large_n():
@@ -215,7 +202,7 @@ def test_mean_ridge_convention_is_close_for_large_n():
     lam = 0.01
     wD = ridge_fit(peft, X, y, w0, lam * 40, 3)
     peft.write(wD)
-    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", ridge_convention="mean", rtol=1e-12)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, form="primal", ridge_convention="mean", rtol=1e-12)
     assert res.info["ridge_effective"] == pytest.approx(lam * 36)
     wR = ridge_fit(peft, X[r], y[r], w0, lam * 36, 3)
     # the primal step uses n_r·λ for the retain fit, the model was fitted with n·λ: approximate only
@@ -241,10 +228,10 @@ def test_interrupt_and_nonconvergence_leave_the_model_unchanged():
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1e-6, w0=w0, form="primal", solver="cg", callback=boom, inplace=True)
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=1e-6, w0=w0, form="primal", solver="cg", callback=boom, inplace=True)
     assert _hash_model(m) == h
     with pytest.raises(ConvergenceError):
-        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1e-8, w0=w0, form="primal", solver="cg", maxiter=1, rtol=1e-14, inplace=True)
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=1e-8, w0=w0, form="primal", solver="cg", maxiter=1, rtol=1e-14, inplace=True)
     assert _hash_model(m) == h
 
 
@@ -252,13 +239,13 @@ def test_bad_inputs_raise_typed_errors_before_work():
     m, peft, X, y = make_problem("linear", 12, 0)
     w0 = peft.vector().clone()
     R, F = (X[:8], y[:8]), (X[8:], y[8:])
-    ok = dict(ridge=0.1, w0=w0)
+    ok = dict(trained_with="linearized-mse", ridge=0.1, w0=w0)
     with pytest.raises(ForgetSetError):
         unlearn(m, peft, R, (X[:0], y[:0]), **ok)
     with pytest.raises(InvalidInputError):
-        unlearn(m, peft, R, F, ridge=-1.0, w0=w0)
+        unlearn(m, peft, R, F, trained_with="linearized-mse", ridge=-1.0, w0=w0)
     with pytest.raises(InvalidInputError, match="singular"):
-        unlearn(m, peft, R, F, ridge=0.0, w0=w0, form="primal")  # p = 63 > n_r·C = 24: G_r singular
+        unlearn(m, peft, R, F, trained_with="linearized-mse", ridge=0.0, w0=w0, form="primal")  # p = 63 > n_r·C = 24: G_r singular
     with pytest.raises(InvalidInputError):
         unlearn(m, peft, R, F, rtol=0.0, **ok)
     with pytest.raises(InvalidInputError):
@@ -266,7 +253,7 @@ def test_bad_inputs_raise_typed_errors_before_work():
     with pytest.raises(InvalidInputError):
         unlearn(m, peft, R, F, form="magic", **ok)
     with pytest.raises(InvalidInputError):
-        unlearn(m, peft, R, F, ridge=0.1)  # no w0
+        unlearn(m, peft, R, F, trained_with="linearized-mse", ridge=0.1)  # no w0
     Xn = X.clone()
     Xn[0, 0] = float("nan")
     with pytest.raises(DataError):
@@ -274,14 +261,14 @@ def test_bad_inputs_raise_typed_errors_before_work():
     with pytest.raises(DataError):
         unlearn(m, peft, R, (X[8:], y[8:] + 5), **ok)
     with pytest.raises(ShapeError):
-        unlearn(m, peft, R, F, ridge=0.1, w0=torch.zeros(3, dtype=torch.float64))
+        unlearn(m, peft, R, F, trained_with="linearized-mse", ridge=0.1, w0=torch.zeros(3, dtype=torch.float64))
     with pytest.raises(PeftError):
         unlearn(linear_model(1), peft, R, F, **ok)
     bn = tiny_bn_cnn()
     bn.train()
     with pytest.raises(ModelStateError):
         unlearn(bn, BatchNormPeft(bn), (torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long)),
-                (torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, dtype=torch.long)), ridge=0.1, linearize_at="trained")
+                (torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, dtype=torch.long)), trained_with="linearized-mse", ridge=0.1, linearize_at="trained")
     with torch.no_grad():
         m[1].weight[0, 0] = float("inf")
     with pytest.raises(NumericalError):
@@ -326,12 +313,12 @@ def test_fit_anchor_is_the_paper_closed_form_for_unconverged_weights(kind):
     forms = [("dual", "cached", "auto"), ("dense", "cached", "auto"), ("woodbury", "cached", "auto"),
              ("primal", "cached", "direct"), ("primal", "cached", "cg"), ("primal", "stream", "cg")]
     for form, strategy, solver in forms:
-        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form=form, strategy=strategy, solver=solver, rtol=1e-12)
+        res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, form=form, strategy=strategy, solver=solver, rtol=1e-12)
         assert float((res.delta - want).norm() / want.norm()) <= 1e-8, (form, strategy, solver)
-    tr = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="primal", anchor="trained", rtol=1e-12)
+    tr = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, form="primal", anchor="trained", rtol=1e-12)
     assert float((tr.delta - want).norm() / want.norm()) > 1e-3
     with pytest.raises(InvalidInputError):
-        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, form="dual", anchor="trained")
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, form="dual", anchor="trained")
 
 
 def test_unlearner_fit_anchor_telescopes_for_unconverged_weights():
@@ -386,8 +373,8 @@ def test_extra_linearization_steps_are_noops_at_the_exact_fit():
     r, f = forget_split(40, y, "random", 0.2, 5)
     peft.write(ridge_fit(peft, X, y, w0, lam, 3))
     w_ref = ridge_fit(peft, X[r], y[r], w0, lam, 3)
-    one = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, rtol=1e-12, form="primal")
-    three = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, rtol=1e-12, form="primal", steps=3)
+    one = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, rtol=1e-12, form="primal")
+    three = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, rtol=1e-12, form="primal", steps=3)
     assert "steps" in three.reasons and "step 3: H_r(w) Δ = −∇L_r(w)" in three.solves
     assert float((three.w_new - w_ref).norm()) <= 1e-9 * float(w_ref.norm())
     assert float((three.w_new - one.w_new).norm()) <= 1e-9 * float(w_ref.norm())
@@ -413,8 +400,8 @@ def test_extra_linearization_steps_drive_the_network_retain_gradient_down(loss):
         return float(L.detach()), float(torch.autograd.grad(L, w)[0].norm())
 
     before = peft.vector().clone()
-    kw = dict(ridge=lam, w0=w0, loss=loss, rtol=1e-10, anchor="retain" if loss == "mse" else "fit")
-    Ls, gs = zip(*[objective_and_grad(unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), steps=k, **kw).w_new) for k in (1, 3, 6)])
+    kw = dict(trained_with=loss, ridge=lam, w0=w0, loss=loss, rtol=1e-10, anchor="retain")
+    Ls, gs = zip(*[objective_and_grad(unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), steps=k, **kw).w_new) for k in (1, 3, 10)])
     assert torch.equal(peft.vector(), before)  # the model is untouched without inplace
     assert Ls[0] >= Ls[1] >= Ls[2], Ls  # line-searched steps never increase the network's retain objective
     assert gs[2] < 0.5 * gs[0], gs
@@ -439,7 +426,7 @@ def test_shared_source_gives_the_same_ridge_and_request():
     with pytest.raises(InvalidInputError, match="cached"):
         match_ridge(peft, (X, y), w_trained=wt, w0=w0, source=make_jacobian(peft, X, w=w0, strategy="stream"))
     with pytest.raises(InvalidInputError, match="steps"):
-        unlearn(m, peft, (X[:30], y[:30]), (X[30:], y[30:]), ridge=1.0, w0=w0, steps=0)
+        unlearn(m, peft, (X[:30], y[:30]), (X[30:], y[30:]), trained_with="linearized-mse", ridge=1.0, w0=w0, steps=0)
 
 
 def test_tf32_is_off_while_fastntk_computes_and_flags_are_restored():
@@ -455,14 +442,14 @@ def test_tf32_is_off_while_fastntk_computes_and_flags_are_restored():
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         cb = lambda *a: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))  # noqa: E731
-        unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), ridge=1.0, w0=w0, solver="cg", callback=cb)
+        unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), trained_with="linearized-mse", ridge=1.0, w0=w0, solver="cg", callback=cb)
         assert seen and all(s == (False, False) for s in seen)
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
         seen.clear()
-        unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), ridge=1.0, w0=w0, solver="cg", callback=cb, allow_tf32=True)
+        unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), trained_with="linearized-mse", ridge=1.0, w0=w0, solver="cg", callback=cb, allow_tf32=True)
         assert seen and all(s == (True, True) for s in seen)
         with pytest.raises(InvalidInputError, match="allow_tf32"):
-            unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), ridge=1.0, w0=w0, allow_tf32="yes")
+            unlearn(m, peft, (X[:9], y[:9]), (X[9:], y[9:]), trained_with="linearized-mse", ridge=1.0, w0=w0, allow_tf32="yes")
         with pytest.raises(RuntimeError):
             with strict_precision(False):
                 raise RuntimeError("boom")
@@ -478,7 +465,7 @@ def test_unlearner_retain_anchor_equals_unlearn_and_is_history_free(linearize_at
     lam = 0.7
     f = np.arange(60 - n_forget, 60)
     r = np.setdiff1d(np.arange(60), f)
-    ref = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, w0=w0, anchor="retain", form="primal",
+    ref = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, anchor="retain", form="primal",
                   linearize_at=linearize_at, solver="direct", rtol=1e-12)
     one = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at).forget(f)
     scale = float(ref.delta.norm())

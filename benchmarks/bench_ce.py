@@ -1,0 +1,232 @@
+"""Unlearning classifiers fine-tuned with cross-entropy (the models people have): every CE variant vs retraining.
+
+Recipe (what a practitioner does): Fashion-MNIST at 28 px, a backbone pretrained on classes 0-4, PEFT fine-tuning
+(BN + head for CNNs, visual prompts + head for the ViT) on classes 5-9 with cross-entropy and Adam, **until a held-out
+validation split (10 % of the fine-tuning images) stops improving** (patience 3, at most `--epochs` epochs, the best
+epoch's weights kept).  Retraining replays the same recipe on D_r (same validation split, same seed: it may stop at
+another epoch); a second retrain with another seed is the noise floor.  Scenarios: one whole class (several classes)
+and random 10 %.
+
+Rows: original, retrain, retrain (seed 2) = floor, each Fast-NTK variant (the library default `trained_with="ce"`,
+the tilted and the plain Newton anchors forced, the MSE kernel the library used before), FT, GA, NegGrad+.
+Columns: UA/RA/TA/MIA (%), avg gap (pp) to the retrain, time ÷ retrain, plus the steps taken, why they stopped and
+where the time went.  Writes benchmarks/results/ce.json, ce.md and ce.png.
+
+    python benchmarks/bench_ce.py [--quick] [--models fastntk_cnn_small resnet10t fastntk_vit_tiny] [--classes 0 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import environment, set_threads, write_results  # noqa: E402
+
+# name -> unlearn() keyword arguments (on top of trained_with="ce", w0, check_overlap=False)
+VARIANTS: dict[str, dict] = {
+    "Fast-NTK (default)": dict(),
+    "CE tilted Newton (anchor=trained)": dict(anchor="trained"),
+    "CE plain retain Newton (anchor=retain)": dict(anchor="retain"),
+    "MSE kernel at trained (previous default)": dict(loss="mse", linearize_at="trained", anchor="trained"),
+}
+BASELINES = ("FT", "GA", "NegGrad+")
+
+
+def _config(args, model, scen, seed, cls):
+    from fastntk.pipeline import ExperimentConfig
+
+    q = args.quick
+    return ExperimentConfig(
+        dataset="digits" if q else "fashion_mnist", image_size=8 if q else 28, model=model,
+        peft="prompt" if "vit" in model else "batchnorm", num_prompts=4, limit=300 if q else args.limit,
+        epochs=3 if q else args.epochs, patience=args.patience, val_fraction=args.val, pretrain_epochs=1 if q else 2,
+        batch_size=64, lr=args.lr, finetune="standard", finetune_loss="ce", ridge=0.0, forget=scen, forget_class=cls,
+        seed=seed, progress=False, out_dir=f"/tmp/fastntk-bench/ce-{model}-{scen}-{seed}", cache_dir=args.cache,
+    )
+
+
+def run_one(args, model, scen, seed, cls) -> dict:
+    import torch
+
+    from fastntk.metrics import avg_gap
+    from fastntk.pipeline import setup_experiment
+    from fastntk.unlearn import unlearn
+
+    cfg = _config(args, model, scen, seed, cls)
+    t = time.perf_counter()
+    e = setup_experiment(cfg)
+    gold_m = e.rows["retrain"]
+    rows = {k: dict(v) for k, v in e.rows.items()}
+    info = {"model": model, "scenario": scen, "seed": seed, "forget_class": cls if scen == "class" else None,
+            "setup_seconds": time.perf_counter() - t, "retrain_seconds": e.gold.seconds,
+            "epochs": {"finetune": [e.ft.epochs_run, e.ft.best_epoch], "retrain": [e.gold.log.epochs_run, e.gold.log.best_epoch],
+                       "floor": [e.floor.log.epochs_run, e.floor.log.best_epoch]},
+            "sizes": {"n_train": len(e.train), "n_forget": int(e.f_idx.size), "n_val": int(round(cfg.val_fraction * (len(e.train) / (1 - cfg.val_fraction)))),
+                      "p": e.peft.p, "C": len(cfg.finetune_classes)}}
+    for name in args.variants:
+        e.peft.write(e.w_trained)
+        t = time.perf_counter()
+        try:
+            res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with="ce", w0=e.w0,
+                          check_overlap=False, memory_budget=cfg.memory_budget, **VARIANTS[name])
+        except Exception as exc:  # a refused or failed variant is reported, not hidden
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "seconds": time.perf_counter() - t}
+            print(f"  {model} {scen} seed {seed}: {name}: {rows[name]['error'][:160]}", flush=True)
+            continue
+        sec = time.perf_counter() - t
+        m = e.evaluate(res.w_new)
+        m.update(seconds=sec, ridge=res.info["ridge"], steps=res.info.get("steps"), anchor=res.info.get("anchor"),
+                 stop=res.reasons.get("stop", ""), timings=dict(res.timings), harm_scale=res.info["harm_check"]["scale"],
+                 reasons={k: str(v) for k, v in res.reasons.items()})
+        rows[name] = m
+        print(f"  {model} {scen} seed {seed}: {name}: UA {m['UA']:.3f} RA {m['RA']:.3f} TA {m['TA']:.3f} MIA {m['MIA']:.3f} "
+              f"gap {avg_gap(m, gold_m):.2f} pp, {sec:.0f}s = {sec / e.gold.seconds:.2f}× retrain, steps {m['steps']} "
+              f"({m['stop'][:90]})", flush=True)
+    for b in BASELINES:
+        r = e.baseline(b)
+        rows[b] = e.evaluate(r.w)
+        rows[b]["seconds"] = r.seconds
+    e.peft.write(e.w_trained)
+    for m in rows.values():
+        if "error" not in m:
+            m["avg_gap"] = avg_gap(m, gold_m)
+            m["time_ratio"] = m.get("seconds", float("nan")) / max(e.gold.seconds, 1e-12)
+    info["methods"] = rows
+    print(f"{model} {scen} seed {seed}: floor {rows['retrain (seed 2)']['avg_gap']:.2f} pp, original {rows['original']['avg_gap']:.2f} pp, "
+          f"default {rows.get('Fast-NTK (default)', {}).get('avg_gap', float('nan')):.2f} pp", flush=True)
+    del e
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return info
+
+
+def summarize(runs, variants) -> tuple[dict, str]:
+    from fastntk.metrics import MetricsTable
+
+    cols = ["UA", "RA", "TA", "MIA", "avg_gap", "time_ratio"]
+    names = ["original", "retrain (seed 2)"] + list(variants) + list(BASELINES)
+    lines, summary = [], {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        for scen in ("class", "random"):
+            rs = [r for r in runs if r["model"] == model and r["scenario"] == scen]
+            if not rs:
+                continue
+            key = f"{model}/{scen}"
+            summary[key] = {}
+            t = MetricsTable(cols)
+            for mth in names:
+                ok = [r["methods"][mth] for r in rs if mth in r["methods"] and "error" not in r["methods"][mth]]
+                if not ok:
+                    continue
+                row = {}
+                for k in cols:
+                    vals = np.array([m.get(k, np.nan) for m in ok], dtype=float)
+                    row[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                    row[k + "_std"] = float(np.nanstd(vals)) if np.isfinite(vals).sum() > 1 else 0.0
+                failed = len(rs) - len(ok)
+                t.add(mth if not failed else f"{mth} ({failed} refused/failed)", row)
+                summary[key][mth] = {"avg_gap": row["avg_gap"], "avg_gap_std": row["avg_gap_std"], "RA": row["RA"],
+                                     "time_ratio": row["time_ratio"], "n": len(ok), "failed": failed}
+            s = rs[0]["sizes"]
+            def tag(r):
+                return "" if r["forget_class"] is None else f" (class {r['forget_class']})"
+
+            ep = "; ".join(f"seed {r['seed']}{tag(r)}: fine-tune {r['epochs']['finetune'][1]}/{r['epochs']['finetune'][0]}, "
+                           f"retrain {r['epochs']['retrain'][1]}/{r['epochs']['retrain'][0]} epochs" for r in rs)
+            lines.append(f"### {model}, {'one whole class' if scen == 'class' else 'random 10 %'} — n_train={s['n_train']}, "
+                         f"n_forget≈{s['n_forget']}, p={s['p']}, C={s['C']}, {len(rs)} run(s)\n")
+            lines.append(f"Early stopping (best/run epochs): {ep}.\n")
+            lines.append(t.to_markdown())
+            d = [r["methods"].get("Fast-NTK (default)", {}) for r in rs]
+            steps = [(x.get("steps"), x.get("anchor")) for x in d if "error" not in x]
+            lines.append(f"\nDefault route per run (steps, anchor): {steps}.\n")
+    md = ("Cross-entropy fine-tuning until a validation split stops improving; means over runs (± in the JSON). UA, RA, TA, "
+          "MIA in %; avg_gap in pp vs the gold retrain (lower is better; the floor is a second retrain); time_ratio = seconds "
+          "÷ retrain seconds (the retrain includes its validation passes).\n\n" + "\n".join(lines))
+    return summary, md
+
+
+def plot(summary, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # plotting is optional
+        return None
+    keys = list(summary)
+    if not keys:
+        return None
+    methods = ["retrain (seed 2)", "original", "Fast-NTK (default)", "FT", "GA", "NegGrad+"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
+    w = 0.8 / len(methods)
+    for j, mth in enumerate(methods):
+        ys = [summary[k].get(mth, {}).get("avg_gap", np.nan) for k in keys]
+        es = [summary[k].get(mth, {}).get("avg_gap_std", 0.0) for k in keys]
+        ax.bar(np.arange(len(keys)) + j * w, ys, w, yerr=es, label=mth)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - w / 2)
+    ax.set_xticklabels(keys, rotation=15, fontsize=8)
+    ax.set_ylabel("avg gap to retrain (pp, lower is better)")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=7)
+    ax.set_title("Unlearning CE-fine-tuned classifiers (Fashion-MNIST 28 px)")
+    fig.tight_layout()
+    from fastntk.io import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="digits-size smoke run (≤ 2 min)")
+    ap.add_argument("--models", nargs="+", default=["fastntk_cnn_small", "resnet10t", "fastntk_vit_tiny"])
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2], help="forgotten class per class-scenario run (seed = index)")
+    ap.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--scenarios", nargs="+", default=["class", "random"])
+    ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on the validation split)")
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--val", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--cache", default=None, help="backbone cache folder (default ~/.cache/fastntk)")
+    ap.add_argument("--name", default="ce")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = ap.parse_args(argv)
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    set_threads(args.threads)
+    jobs = []
+    for model in args.models:
+        if "class" in args.scenarios:
+            jobs += [(model, "class", i, c) for i, c in enumerate(args.classes[:1] if args.quick else args.classes)]
+        if "random" in args.scenarios:
+            jobs += [(model, "random", s, 0) for s in (args.random_seeds[:1] if args.quick else args.random_seeds)]
+    runs = []
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    name = args.name + ("_quick" if args.quick else "")
+    for model, scen, seed, cls in jobs:
+        runs.append(run_one(args, model, scen, seed, cls))
+        summary, md = summarize(runs, args.variants)
+        write_results(name + "_partial", {"args": vars(args), "runs": runs}, md, os.path.join(out, "partial"))
+    summary, md = summarize(runs, args.variants)
+    write_results(name, {"env": environment(), "args": vars(args), "runs": runs, "summary": summary}, md, out)
+    png = plot(summary, os.path.join(out, f"{name}.png"))
+    print(md)
+    if png:
+        print(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Do no harm: an update that makes the model worse on its own retain objective is damped or refused.
+
+Before :func:`fastntk.unlearn` returns, the unlearned weights ``w_new = w_old + Δ`` are scored on a fixed
+sample of the retain set with the loss the model was trained with (``trained_with``; the linearized
+function for linearized fine-tuning): the mean retain loss ``ℓ̄`` and the retain accuracy ``RA``.
+The update passes when::
+
+    ℓ̄(w_new) ≤ ℓ̄(w_old)·(1 + loss_rel) + loss_abs     and     RA(w_new) ≥ RA(w_old) − acc_drop − 3σ
+
+with ``σ = √(RA(1 − RA)/m)`` the binomial noise of an accuracy on the ``m`` sampled points (on a small
+retain set one flipped sample is already several points of accuracy).
+
+Forgetting legitimately changes the retain loss a little (retraining does); an update that destroys the
+model (retain accuracy near 0, a retain loss many times larger) fails by orders of magnitude.  A failing
+update is damped (``w_old + sΔ`` with ``s = ½, ¼, …``, ``max_halvings`` tries); if no damped update passes,
+:class:`~fastntk.errors.HarmfulUpdateError` is raised and the model is left unchanged.  Every figure is
+recorded in :class:`HarmCheck`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import HarmfulUpdateError, InvalidInputError
+from .objective import NetworkObjective
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["HarmTolerance", "HarmCheck", "check_no_harm", "retain_sample"]
+
+
+@dataclass(frozen=True)
+class HarmTolerance:
+    """Tolerances of the do-no-harm check (module docstring).  ``enabled=False`` skips it (recorded)."""
+
+    loss_rel: float = 0.25
+    loss_abs: float = 1e-3
+    acc_drop: float = 0.05
+    samples: int = 4096
+    max_halvings: int = 4
+    on_harm: str = "damp"  # "damp" (then raise) | "raise"
+    enabled: bool = True
+
+    def __post_init__(self):
+        for k in ("loss_rel", "loss_abs", "acc_drop"):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+                raise InvalidInputError(f"HarmTolerance.{k} must be a finite number >= 0, got {v!r}")
+        if int(self.samples) < 1 or int(self.max_halvings) < 0:
+            raise InvalidInputError("HarmTolerance.samples must be >= 1 and max_halvings >= 0")
+        if self.on_harm not in ("damp", "raise"):
+            raise InvalidInputError(f"HarmTolerance.on_harm must be 'damp' or 'raise', got {self.on_harm!r}")
+
+
+@dataclass
+class HarmCheck:
+    """Figures of the do-no-harm check: before/after mean retain loss and accuracy, the damping applied."""
+
+    passed: bool
+    scale: float
+    loss_before: float
+    loss_after: float
+    acc_before: float
+    acc_after: float
+    samples: int
+    loss: str
+    tries: list = field(default_factory=list)
+    skipped: bool = False
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+def retain_sample(n: int, samples: int, seed: int = 0) -> np.ndarray:
+    """A fixed sample (sorted indices) of at most ``samples`` of ``n`` retain points."""
+    if n <= samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, int(samples), replace=False))
+
+
+def check_no_harm(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.Tensor, tol: HarmTolerance) -> tuple[torch.Tensor, HarmCheck]:
+    """Score ``w_old + sΔ`` (``s = 1, ½, …``) on ``objective``'s samples; return ``(sΔ, check)`` or raise.
+
+    ``objective`` carries the retain sample and the training loss (no ridge, no tilt are used here: the
+    check is on the plain data loss and accuracy).
+    """
+    n = max(objective.n, 1)
+    if not tol.enabled:
+        return delta, HarmCheck(True, 1.0, float("nan"), float("nan"), float("nan"), float("nan"), objective.n, objective.loss, skipped=True)
+    l0, a0 = objective.data_loss(w_old)
+    l0 /= n
+    bound = l0 * (1 + tol.loss_rel) + tol.loss_abs
+    acc_floor = a0 - tol.acc_drop - 3.0 * float(np.sqrt(a0 * (1.0 - a0) / n))
+    tries = []
+    s = 1.0
+    for k in range(tol.max_halvings + 1 if tol.on_harm == "damp" else 1):
+        l1, a1 = objective.data_loss(w_old + s * delta)
+        l1 /= n
+        ok = bool(np.isfinite(l1) and l1 <= bound and a1 >= acc_floor)
+        tries.append({"scale": s, "loss": l1, "acc": a1, "passed": ok})
+        if ok:
+            chk = HarmCheck(True, s, l0, l1, a0, a1, objective.n, objective.loss, tries)
+            if s < 1.0:
+                log.warning("fastntk: the update failed the do-no-harm check at full size; damped to %.3g·Δ "
+                            "(retain loss %.4g -> %.4g, RA %.3f -> %.3f)", s, l0, l1, a0, a1)
+            return s * delta, chk
+        s *= 0.5
+    chk = HarmCheck(False, 0.0, l0, tries[0]["loss"], a0, tries[0]["acc"], objective.n, objective.loss, tries)
+    raise HarmfulUpdateError(
+        f"the update makes the model worse than doing nothing on its retain objective ({objective.loss}): mean retain loss "
+        f"{l0:.4g} -> {tries[0]['loss']:.4g} (bound {bound:.4g}), retain accuracy {a0:.3f} -> {tries[0]['acc']:.3f} "
+        f"(floor {acc_floor:.3f}); {len(tries)} damped tries failed. The model was not changed. Check trained_with "
+        "(the loss the model was fine-tuned with) and the ridge, or pass harm=HarmTolerance(enabled=False) to skip the check.",
+        check=chk,
+    )

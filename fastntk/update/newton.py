@@ -1,0 +1,167 @@
+"""Relinearized Gauss-Newton steps on the network's retain objective, and the stationarity ridge.
+
+**The tilted retain objective** (docs/theory.md, "Cross-entropy models").  A fine-tuned model ``w_t``
+is in general *not* a minimizer of any plain objective: training stopped early.  With ``ℓ`` the loss it
+was trained with, ``c`` the ridge centre (``w0``) and ``g_D = ∇Σ_{i∈D} ℓ_i(w_t)``, the tilt
+``b = g_D + λ(w_t − c)`` makes ``w_t`` stationary for the full-data objective
+``F_D(w) = Σ_D ℓ_i(w) + ½λ‖w − c‖² − bᵀ(w − w_t)``.  Forgetting removes ``D_f``'s terms::
+
+    F_r(w) = Σ_{D_r} ℓ_i(w) + ½λ‖w − c‖² − bᵀ(w − w_t),      ∇F_r(w_t) = −g_f = −∇Σ_{D_f} ℓ_i(w_t)
+
+so the first Newton step from ``w_t`` is the influence-function update ``Δ₁ = (G_r + λI)⁻¹ g_f`` and every
+unfinished direction of training (the part of ``g_D`` that early stopping left) stays where it was, as it
+does in retraining.  For MSE with a linear model trained to convergence, ``b = 0`` and one step is exact.
+
+**Steps**: ``w ← w + t·s``, ``(G_r(w) + λI) s = −∇F_r(w)`` with the Gauss-Newton ``G_r(w)`` at the
+current weights (``Σ J_iᵀ Λ_i J_i`` for CE), ``t`` by Armijo backtracking on ``F_r`` of the network
+(the objective never increases).  **Stopping rule**: the Newton decrement ``δ² = −∇F_rᵀ s`` (twice the
+decrease the quadratic model predicts) falls below ``rel_decrement·δ₁²``; or it *grows* from one step to the
+next (the Gauss-Newton model no longer describes the objective: on the tilted objective of a CE model this
+happens after the first step, where the linear tilt outgrows the saturating loss); or ``max_steps``; or the
+line search finds no decrease.  The report says which.
+
+**Stationarity ridge** (``ridge="auto"`` for models trained with CE): the ``λ`` that makes ``w_t`` closest to
+stationary for ``Σ_D ℓ_i + ½λ‖w − w0‖²``: ``λ* = argmin_λ ‖g_D + λ d‖ = −⟨g_D, d⟩ / ‖d‖²`` with
+``d = w_t − w0`` — one gradient pass.  For gradient descent with step ``η`` stopped after ``T`` steps on a
+quadratic, each curvature direction contributes ``σ(1 − ησ)^T / (1 − (1 − ησ)^T) ≤ 1/(ηT)``: ``λ*`` is the
+effective ridge of early stopping, weighted by how far training moved.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import InvalidInputError, NumericalError
+from .objective import NetworkObjective
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["NewtonOptions", "NewtonReport", "gauss_newton", "stationarity_ridge", "armijo"]
+
+
+@dataclass(frozen=True)
+class NewtonOptions:
+    """Relinearized Gauss-Newton steps (module docstring).
+
+    max_steps : at most this many Newton steps (each: one Jacobian of D_r at the current weights + one solve).
+    rel_decrement : stop once ``δ_k² ≤ rel_decrement·δ_1²``.
+    line_search : Armijo backtracking (``c1``, halving ``max_backtracks`` times); off: full steps.
+    stop_on_growth : stop when the decrement grows from one step to the next (module docstring).
+    """
+
+    max_steps: int = 5
+    rel_decrement: float = 0.05
+    line_search: bool = True
+    c1: float = 1e-4
+    max_backtracks: int = 12
+    stop_on_growth: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise InvalidInputError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        if not (0 <= self.rel_decrement < 1):
+            raise InvalidInputError(f"rel_decrement must lie in [0, 1), got {self.rel_decrement!r}")
+        if not (0 < self.c1 < 0.5) or int(self.max_backtracks) < 1:
+            raise InvalidInputError("c1 must lie in (0, 0.5) and max_backtracks be >= 1")
+
+
+@dataclass
+class NewtonReport:
+    """What the Newton iteration did: steps taken, why it stopped, per-step figures."""
+
+    steps: int = 0
+    stop_reason: str = ""
+    history: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+def armijo(objective: NetworkObjective, w: torch.Tensor, step: torch.Tensor, F0: float, slope: float,
+           opts: NewtonOptions) -> tuple[float, float, int]:
+    """Largest ``t = 2^-j`` with ``F(w + t·step) ≤ F0 + c1·t·slope``: ``(t, F(w + t·step), tries)``; ``t = 0`` if none."""
+    t = 1.0
+    for j in range(1, int(opts.max_backtracks) + 1):
+        Ft = objective.value(w + t * step)
+        if math.isfinite(Ft) and Ft <= F0 + opts.c1 * t * slope:
+            return t, Ft, j
+        t *= 0.5
+    return 0.0, F0, int(opts.max_backtracks)
+
+
+def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Callable, opts: NewtonOptions, *,
+                 first: tuple[float, torch.Tensor] | None = None, on_step: Callable | None = None) -> tuple[torch.Tensor, NewtonReport]:
+    """Minimize ``objective`` from ``w_start`` by relinearized Gauss-Newton steps (module docstring).
+
+    solve : ``solve(w, g, k) -> s`` with ``(G(w) + λI) s = g`` (the curvature at ``w``; ``k`` the step number,
+        for the solve's name).  first : ``(F, ∇F)`` at ``w_start`` if already known.
+    on_step : ``on_step(k, w)`` after each accepted step (progress, or to study the iterates).
+    Returns ``(w, report)``.
+    """
+    rep = NewtonReport()
+    w = w_start.detach().clone()
+    F, g = objective.value_and_grad(w) if first is None else first
+    dec0 = dec_prev = None
+    for k in range(1, opts.max_steps + 1):
+        s = -solve(w, g, k)
+        if not torch.isfinite(s).all():
+            raise NumericalError(f"Newton step {k} is not finite; increase the ridge")
+        dec = float(-(g @ s))  # δ² = ∇Fᵀ (G + λI)⁻¹ ∇F ≥ 0
+        if dec <= 0:
+            rep.history.append({"step": k, "objective_before": F, "decrement": dec, "rejected": "not a descent direction"})
+            rep.stop_reason = f"step {k}: the Newton direction is not a descent direction (δ² = {dec:.3g}); stopped"
+            break
+        if opts.stop_on_growth and dec0 is not None and dec > dec_prev:
+            rep.history.append({"step": k, "objective_before": F, "decrement": dec, "rejected": "the decrement grew"})
+            rep.stop_reason = (f"step {k}: the Newton decrement grew (δ² {dec_prev:.3g} -> {dec:.3g}): the Gauss-Newton model no "
+                               f"longer describes the objective; stopped after {k - 1} step(s)")
+            break
+        dec0 = dec if dec0 is None else dec0
+        dec_prev = dec
+        if opts.line_search:
+            t, F_new, tries = armijo(objective, w, s, F, -dec, opts)
+        else:
+            t, F_new, tries = 1.0, objective.value(w + s), 1
+        rep.history.append({"step": k, "objective_before": F, "objective_after": F_new, "decrement": dec, "t": t,
+                            "backtracks": tries, "step_norm": float(s.norm()) * t})
+        if t == 0.0:
+            rep.stop_reason = f"step {k}: the line search found no decrease of the objective; stopped at step {k - 1}"
+            break
+        w = w + t * s
+        rep.steps = k
+        if on_step is not None:
+            on_step(k, w)
+        log.info("fastntk: Newton step %d: objective %.6g -> %.6g (t = %.3g, δ² = %.3g)", k, F, F_new, t, dec)
+        if k == opts.max_steps:
+            rep.stop_reason = f"max_steps = {opts.max_steps} reached (δ²/δ₁² = {dec / dec0:.3g})"
+            break
+        if k > 1 and dec <= opts.rel_decrement * dec0:
+            rep.stop_reason = f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
+            break
+        F, g = objective.value_and_grad(w)
+    if not rep.stop_reason:
+        rep.stop_reason = "no step taken"
+    return w, rep
+
+
+def stationarity_ridge(g_D: torch.Tensor, d: torch.Tensor) -> tuple[float, dict]:
+    """``λ* = −⟨g_D, d⟩/‖d‖²`` (module docstring) and its diagnostics.
+
+    Raises :class:`InvalidInputError` when ``d = 0`` (the model never moved from ``w0``) or ``λ* ≤ 0`` (the
+    trained weights are not on a descent path from ``w0``: no ridge explains them; pass ``ridge=`` explicitly).
+    """
+    dd = float(d.double() @ d.double())
+    if dd == 0.0:
+        raise InvalidInputError("the trained PEFT weights equal w0: there is no fine-tuning to estimate a ridge from; pass ridge=")
+    lam = -float(g_D.double() @ d.double()) / dd
+    if not (lam > 0 and math.isfinite(lam)):
+        raise InvalidInputError(
+            f"the stationarity ridge is {lam:.3g} ≤ 0: the gradient at the trained weights points away from w0, so no ridge "
+            "makes them stationary; pass ridge= explicitly")
+    resid = float((g_D + lam * d).norm()) / max(float(g_D.norm()), 1e-300)
+    return lam, {"ridge": lam, "rule": "stationarity: argmin_λ ‖∇L_D(w_t) + λ(w_t − w0)‖", "relative_residual": resid,
+                 "grad_norm": float(g_D.norm()), "displacement_norm": math.sqrt(dd)}

@@ -1,0 +1,74 @@
+"""The variant policy: which update for which model (docs/guide.md).  Lives in the library, not the pipeline.
+
+``trained_with`` says how the model was fine-tuned; every ``"auto"`` option of :func:`fastntk.unlearn`
+resolves from it, each choice with its reason (measured in BENCHMARKS.md):
+
+===================  ================  ========  ======  =============================================
+trained_with         linearize_at      anchor    kernel  steps
+===================  ================  ========  ======  =============================================
+``linearized-mse``   ``w0``            ``fit``   MSE     1 (exact: the closed form of the paper)
+``mse``              ``trained``       trained   MSE     1 (bench_variants: best mean avg gap)
+``ce``               ``trained``       by request CE GN  Newton steps with the stopping rule (see below)
+===================  ================  ========  ======  =============================================
+
+For ``ce`` the anchor follows the request (:func:`ce_anchor`): when the forget set takes every training sample
+of a class (the class is absent from ``D_r``), retraining never sees that class as a label and pushes its
+logit down from its initial value; the plain retain objective ``Σ_{D_r} CE + ½λ‖w − w0‖²`` (anchor ``"retain"``)
+models that.  Otherwise the tilted objective (anchor ``"trained"``) keeps whatever early stopping left in the
+trained model and removes only the forget set's pull; on random requests the plain objective drifts toward an
+optimum no early-stopped training reaches (BENCHMARKS.md, "Cross-entropy models").
+"""
+from __future__ import annotations
+
+from ..errors import InvalidInputError
+from .objective import TRAINED_WITH
+
+__all__ = ["VARIANTS", "resolve_variant", "ce_anchor"]
+
+VARIANTS: dict[str, dict] = {
+    "linearized-mse": dict(
+        linearize_at="w0", anchor="fit", loss="mse", steps=1,
+        why="the model is the linearization at w0 trained with MSE: the closed form Δ = w*_{D_r} − w*_D is exact"),
+    "mse": dict(
+        linearize_at="trained", anchor="trained", loss="mse", steps=1,
+        why="ordinary MSE fine-tuning: Newton step from the trained weights with the kernel there (closest to retraining "
+            "on average in benchmarks/bench_variants.py)"),
+    "ce": dict(
+        linearize_at="trained", anchor="by-request", loss="ce", steps="auto",
+        why="cross-entropy fine-tuning: CE Gauss-Newton at the current weights, tilted Newton steps on the retain objective "
+            "until the Newton decrement stops falling (benchmarks/bench_ce.py)"),
+}
+
+
+def resolve_variant(trained_with: str, *, linearize_at: str, anchor: str, loss: str, steps) -> tuple[dict, dict]:
+    """Resolve the ``"auto"`` options from ``trained_with``: ``(values, reasons)``; explicit values are kept."""
+    if trained_with not in TRAINED_WITH:
+        raise InvalidInputError(
+            f"trained_with must be one of {sorted(TRAINED_WITH)} (how the model was fine-tuned: 'ce' for cross-entropy, "
+            f"'mse' for ordinary MSE fine-tuning, 'linearized-mse' for the linearized model), got {trained_with!r}")
+    pol = VARIANTS[trained_with]
+    given = dict(linearize_at=linearize_at, anchor=anchor, loss=loss, steps=steps)
+    values, reasons = {}, {}
+    for k, v in given.items():
+        if v == "auto":
+            values[k] = pol[k]
+            reasons[k] = f"{k}={pol[k]!r}: trained_with={trained_with!r} -> {pol['why']}"
+        else:
+            values[k] = v
+            reasons[k] = f"{k}={v!r} requested"
+    if trained_with == "ce" and values["loss"] == "mse":
+        reasons["loss"] += " (warning: the MSE kernel on a model trained with cross-entropy; the do-no-harm check scores the CE)"
+    return values, reasons
+
+
+def ce_anchor(y_retain, y_forget) -> tuple[str, str]:
+    """The CE anchor for a request (module docstring): ``("retain", why)`` when a class of the forget set has no
+    retain sample left, else ``("trained", why)``."""
+    import torch
+
+    gone = sorted(set(torch.as_tensor(y_forget).unique().tolist()) - set(torch.as_tensor(y_retain).unique().tolist()))
+    if gone:
+        return "retain", (f"anchor='retain': the request removes every training sample of class(es) {gone}; retraining never "
+                          "sees them as labels, so the plain retain objective (ridge towards w0) is the model of retraining")
+    return "trained", ("anchor='trained' (tilted): every class of the forget set keeps retain samples; the tilt keeps what "
+                       "early stopping left in the model and removes only the forget set's pull")

@@ -1,0 +1,154 @@
+"""The update for models trained with their own loss (cross-entropy, ordinary MSE): tilted Newton steps.
+
+See :mod:`fastntk.update.newton` for the tilted retain objective ``F_r`` and the stopping rule.  This module
+builds it from the data and runs it:
+
+1. one gradient pass over ``D_r`` and one over ``D_f`` at the trained weights ``w_t``: ``g_r``, ``g_f``,
+   ``g_D = g_r + g_f`` (sum convention);
+2. the ridge: given, or ``"auto"`` — the stationarity ridge ``λ* = −⟨g_D, d⟩/‖d‖²``, ``d = w_t − w0``;
+3. the tilt ``b = g_D + λ(w_t − w0)`` (so ``∇F_r(w_t) = −g_f``);
+4. Gauss-Newton steps on ``F_r`` with the curvature ``G_r(w) + λI`` at the current weights (CE:
+   ``Σ J_iᵀ Λ_i J_i``, the loss-weighted Jacobian source; MSE: ``Σ J_iᵀ J_i``), each solve direct
+   (float64 Cholesky, cached ``J``, small system) or by CG.
+
+Cost: 2 gradient passes, then per step one Jacobian of ``D_r`` at the current weights, one solve, one
+gradient pass and the line search's forward passes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInputError
+from ..operators import GGNLinearOperator, make_jacobian
+from .newton import NewtonOptions, NewtonReport, gauss_newton, stationarity_ridge
+from .objective import NetworkObjective
+from .solve import SolveContext, solve_primal_direct
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE"]
+
+#: κ of the relative damping rule ``λ = κ·tr(G_r(w_t))/p`` (ridge="auto"), chosen in benchmarks/bench_ce.py
+RELATIVE_RIDGE = 0.1
+
+
+@dataclass(frozen=True)
+class JacobianOptions:
+    """How Jacobians are built: ``strategy`` ``"auto" | "cached" | "stream"`` (cache when ``nC·p`` floats fit
+    ``memory_budget`` bytes), streamed ``batch_size``, direct solves when cached and the system side
+    ``min(p, nC) ≤ direct_limit``."""
+
+    strategy: str = "auto"
+    memory_budget: float | None = 2e9
+    batch_size: int = 128
+    direct_limit: int = 4096
+    solver: str = "auto"  # "auto" | "direct" | "cg"
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in ("auto", "cached", "stream"):
+            raise InvalidInputError(f"strategy must be 'auto', 'cached' or 'stream', got {self.strategy!r}")
+        if self.solver not in ("auto", "direct", "cg"):
+            raise InvalidInputError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
+        if int(self.batch_size) < 1 or int(self.direct_limit) < 0:
+            raise InvalidInputError("batch_size must be >= 1 and direct_limit >= 0")
+
+
+@dataclass
+class TiltedResult:
+    w: torch.Tensor
+    ridge: float
+    ridge_info: dict
+    newton: NewtonReport
+    grad_forget_norm: float
+    timings: dict
+    strategy: str
+    solver: str
+
+
+def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
+                  ridge: float | str, newton: NewtonOptions, jac: JacobianOptions, ctx: SolveContext,
+                  target_scale: float = 1.0, batch_size: int = 256, on_step=None, tilt: bool = True,
+                  center: str = "w0") -> TiltedResult:
+    """Unlearn ``forget`` from ``w_trained`` by tilted Gauss-Newton steps (module docstring).
+
+    ``tilt=False``: the plain retain objective ``Σ_{D_r} ℓ_i + ½λ‖w − c‖²`` (no tilt; converges to its minimizer,
+    which early-stopped retraining does not reach: kept as a variant).
+    """
+    t0 = time.perf_counter()
+    (X_r, y_r), (X_f, y_f) = retain, forget
+    if center not in ("w0", "trained"):
+        raise InvalidInputError(f"center must be 'w0' or 'trained', got {center!r}")
+    center = w_trained.detach().clone() if (w0 is None or center == "trained") else w0.detach()
+    if ridge == "stationarity" and w0 is None:
+        raise InvalidInputError("ridge='stationarity' needs w0, the PEFT vector before fine-tuning; or pass ridge=")
+    plain_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size)
+    plain_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size)
+    L_r, g_r = plain_r.value_and_grad(w_trained)
+    _, g_f = plain_f.value_and_grad(w_trained)
+    g_D = g_r + g_f
+    t_grad = time.perf_counter() - t0
+    info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0, "first_source": None}
+    if ridge == "stationarity":
+        lam, rinfo = stationarity_ridge(g_D, w_trained - center)
+        log.info("fastntk: stationarity ridge λ = %.4g (relative residual %.3f)", lam, rinfo["relative_residual"])
+    elif ridge == "auto":
+        # relative damping: λ = κ·tr(G_r(w_t))/p, from the first Jacobian (built anyway for the first step)
+        t = time.perf_counter()
+        src = make_jacobian(peft, X_r, w=w_trained, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
+                            batch_size=jac.batch_size, progress=jac.progress)
+        info["jacobian"] += time.perf_counter() - t
+        info["first_source"] = src
+        tr = float(src.diag_ggn().double().sum())
+        lam = RELATIVE_RIDGE * tr / src.p
+        rinfo = {"ridge": lam, "rule": f"relative: λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g} (benchmarks/bench_ce.py)",
+                 "trace_over_p": tr / src.p, "kappa": RELATIVE_RIDGE}
+        if not lam > 0:
+            raise InvalidInputError("the Gauss-Newton of the retain set is zero at the trained weights (tr G_r = 0); pass ridge=")
+    else:
+        lam, rinfo = float(ridge), {"ridge": float(ridge), "rule": "given"}
+    if not lam > 0:
+        raise InvalidInputError(f"the Gauss-Newton steps need ridge > 0, got {lam}")
+    d = w_trained - center
+    if tilt:
+        b = g_D + lam * d
+        F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
+                               tilt=b, tilt_ref=w_trained.detach().clone(), batch_size=batch_size)
+        first = (L_r + 0.5 * lam * float(d @ d), -g_f)  # F_r(w_t) (tilt term 0 at w_ref) and ∇F_r(w_t) = −g_f
+    else:
+        F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center, batch_size=batch_size)
+        first = (L_r + 0.5 * lam * float(d @ d), g_r + lam * d)
+
+    def solve(w, g, k):
+        t = time.perf_counter()
+        src = info.pop("first_source", None) if k == 1 else None
+        if src is None:
+            src = make_jacobian(peft, X_r, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
+                                batch_size=jac.batch_size, progress=jac.progress)
+        info["jacobian"] += time.perf_counter() - t
+        info["strategy"] = f"{src.strategy} ({getattr(src, 'reason', '')})"
+        t = time.perf_counter()
+        cached = hasattr(src, "J")
+        small = min(src.p, src.nC) <= int(jac.direct_limit)
+        if jac.solver == "direct" and not cached:
+            raise InvalidInputError("solver='direct' needs the cached Jacobian (strategy='cached' or a larger memory_budget)")
+        name = f"step {k}: (G_r(w) + λI) s = −∇F_r(w)"
+        if jac.solver == "direct" or (jac.solver == "auto" and cached and small):
+            info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
+                if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
+            x = solve_primal_direct(src, g, lam, ctx, name)
+        else:
+            info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
+            x = ctx.solve(GGNLinearOperator(src, lam), g, name)
+        info["solve"] += time.perf_counter() - t
+        return x
+
+    w, rep = gauss_newton(F_r, w_trained, solve, newton, first=first, on_step=on_step)
+    timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"],
+               "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
+    return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
+                        strategy=info["strategy"] or "", solver=info["solver"] or "")

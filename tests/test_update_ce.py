@@ -1,0 +1,239 @@
+"""Cross-entropy unlearning (issue 12): Gauss-Newton steps against dense references, the stationarity ridge,
+the do-no-harm check, the variant policy and trained_with."""
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fastntk.errors import HarmfulUpdateError, InvalidInputError
+from fastntk.peft import BatchNormPeft, NamedPeft
+from fastntk.unlearn import unlearn
+from fastntk.update.guard import HarmTolerance, check_no_harm
+from fastntk.update.newton import NewtonOptions, stationarity_ridge
+from fastntk.update.objective import NetworkObjective
+from fastntk.update.policy import VARIANTS, resolve_variant
+from fastntk.update.replay import LinearizedData, Recipe, replay
+from tests.conftest import linear_model, tiny_bn_cnn
+
+
+def _data(n, seed, shape=(12,), C=3):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, *shape, dtype=torch.float64, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    return X, y
+
+
+def _ce_objective_np(peft, X, y, lam, center):
+    """Retain CE + ½λ‖w − c‖² and its gradient, by autograd, for scipy.optimize."""
+    f = peft.functional()
+
+    def fun(wn):
+        w = torch.from_numpy(wn).requires_grad_(True)
+        v = torch.nn.functional.cross_entropy(f(w, X), y, reduction="sum") + 0.5 * lam * ((w - center) ** 2).sum()
+        (g,) = torch.autograd.grad(v, w)
+        return float(v.detach()), g.numpy()
+
+    return fun
+
+
+def _dense_ce_ggn(peft, X, w):
+    """Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i from torch.func.jacrev and the softmax Hessian."""
+    f = peft.functional()
+    J = torch.func.jacrev(lambda v: f(v, X))(w)  # (n, C, p)
+    p = torch.softmax(f(w, X), -1)
+    Lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    return torch.einsum("ncp,ncd,ndq->pq", J, Lam, J)
+
+
+def test_first_ce_newton_step_matches_dense_reference():
+    """One CE step, anchor='retain', no line search: (G_r^CE + λI)⁻¹ ∇F_r(w_t) with G from jacrev + softmax Hessian."""
+    m = tiny_bn_cnn(0)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(20, 1, (3, 8, 8))
+    r, f = np.arange(15), np.arange(15, 20)
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    wt = peft.vector().clone()
+    lam = 0.3
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain",
+                  newton=NewtonOptions(max_steps=1, line_search=False), harm=HarmTolerance(enabled=False), rtol=1e-12)
+    G = _dense_ce_ggn(peft, X[r], wt).numpy()
+    _, g = _ce_objective_np(peft, X[r], y[r], lam, w0)(wt.numpy())
+    step = -np.linalg.solve(G + lam * np.eye(peft.p), g)
+    np.testing.assert_allclose(res.delta.numpy(), step, rtol=1e-8, atol=1e-10)
+    assert res.info["steps"] == 1 and res.loss == "ce"
+    assert torch.equal(peft.vector(), wt)  # inplace=False
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_ce_steps_converge_to_scipy_minimizer_on_linear_model(solver):
+    """A model linear in its PEFT params (head on fixed features), CE + ridge: the Newton iteration lands on
+    scipy.optimize.minimize's minimizer of the retain objective (anchor='retain')."""
+    m = linear_model(0, C=3)
+    peft = NamedPeft(m, ["1.*"])
+    X, y = _data(40, 2)
+    r, f = np.arange(30), np.arange(30, 40)
+    w0 = peft.vector().clone()
+    lam = 0.5
+    fun = _ce_objective_np(peft, X[r], y[r], lam, w0)
+    ref = scipy.optimize.minimize(fun, w0.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain", solver=solver,
+                  newton=NewtonOptions(max_steps=30, rel_decrement=1e-14), harm=HarmTolerance(enabled=False), rtol=1e-12)
+    np.testing.assert_allclose(res.w_new.numpy(), ref.x, atol=1e-6)
+    assert res.info["newton"]["steps"] >= 2 and res.info["newton"]["stop_reason"]
+    objs = [h["objective_after"] for h in res.info["newton"]["history"]]
+    assert all(b <= a + 1e-12 for a, b in zip(objs, objs[1:]))  # the objective never increases
+
+
+def test_tilted_steps_reach_minimizer_of_tilted_objective_and_first_step_is_influence():
+    """anchor='trained': ∇F_r(w_t) = −g_f, the first step is (G_r + λI)⁻¹ g_f, the iteration minimizes the tilted F_r."""
+    m = linear_model(1, C=3)
+    peft = NamedPeft(m, ["1.*"])
+    X, y = _data(40, 4)
+    r, f = np.arange(32), np.arange(32, 40)
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.3 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
+    wt = peft.vector().clone()
+    lam = 2.0
+    gD = torch.from_numpy(_ce_objective_np(peft, X, y, 0.0, w0)(wt.numpy())[1])
+    b = gD + lam * (wt - w0)
+    fr = _ce_objective_np(peft, X[r], y[r], lam, w0)
+
+    def tilted(wn):
+        v, g = fr(wn)
+        return v - float(b.numpy() @ (wn - wt.numpy())), g - b.numpy()
+
+    ref = scipy.optimize.minimize(tilted, wt.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    one = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="trained",
+                  newton=NewtonOptions(max_steps=1, line_search=False), harm=HarmTolerance(enabled=False), rtol=1e-12)
+    gf = torch.from_numpy(_ce_objective_np(peft, X[f], y[f], 0.0, w0)(wt.numpy())[1])
+    G = _dense_ce_ggn(peft, X[r], wt).numpy()
+    np.testing.assert_allclose(one.delta.numpy(), np.linalg.solve(G + lam * np.eye(peft.p), gf.numpy()), rtol=1e-8, atol=1e-10)
+    many = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="trained",
+                   newton=NewtonOptions(max_steps=30, rel_decrement=1e-14), harm=HarmTolerance(enabled=False), rtol=1e-12)
+    np.testing.assert_allclose(many.w_new.numpy(), ref.x, atol=1e-6)
+
+
+@settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.too_slow])
+@given(lam=st.floats(0.01, 100.0), seed=st.integers(0, 10_000), p=st.integers(2, 12))
+def test_stationarity_ridge_recovers_the_ridge_of_a_converged_fit(lam, seed, p):
+    """w_t = argmin ½‖Aw − z‖² + ½λ‖w − w0‖² exactly ⇒ λ* = λ and the tilt vanishes."""
+    rng = np.random.default_rng(seed)
+    A, z, w0 = rng.normal(size=(3 * p, p)), rng.normal(size=3 * p), rng.normal(size=p)
+    wt = np.linalg.solve(A.T @ A + lam * np.eye(p), A.T @ z + lam * w0)
+    g = A.T @ (A @ wt - z)
+    est, info = stationarity_ridge(torch.from_numpy(g), torch.from_numpy(wt - w0))
+    assert est == pytest.approx(lam, rel=1e-8)
+    assert info["relative_residual"] < 1e-7
+
+
+def test_stationarity_ridge_refuses_non_descent():
+    with pytest.raises(InvalidInputError, match="≤ 0"):
+        stationarity_ridge(torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(InvalidInputError, match="equal w0"):
+        stationarity_ridge(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+
+
+def _harmful_setup():
+    m = tiny_bn_cnn(2)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(30, 6, (3, 8, 8))
+    return m, peft, X, y
+
+
+def test_harm_check_refuses_a_harmful_update_and_damps_a_large_one():
+    m, peft, X, y = _harmful_setup()
+    w = peft.vector().clone()
+    obj = NetworkObjective(peft, X, y, loss="ce")
+    bad = 50.0 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(HarmfulUpdateError) as ei:
+        check_no_harm(obj, w, bad, HarmTolerance(max_halvings=2))
+    assert ei.value.check is not None and not ei.value.check.passed and len(ei.value.check.tries) == 3
+    ok, chk = check_no_harm(obj, w, torch.zeros_like(w), HarmTolerance())
+    assert chk.passed and chk.scale == 1.0 and chk.loss_after == pytest.approx(chk.loss_before)
+    # an update that is harmless only after damping comes back damped, with its figures
+    l0 = obj.data_loss(w)[0] / obj.n
+    tol = HarmTolerance(loss_rel=0.0, loss_abs=0.0, acc_drop=1.0, max_halvings=30)
+    grad = obj.value_and_grad(w)[1]
+    up = 1e3 * grad / grad.norm()  # far along the ascent direction: harmful at full size, harmless when tiny
+    d, chk = check_no_harm(obj, w, -up, tol)
+    assert chk.scale < 1.0 and chk.loss_after <= l0 + 1e-12
+    assert torch.allclose(d, -chk.scale * up)
+
+
+def test_unlearn_refuses_harmful_update_and_leaves_model_bit_identical():
+    """The MSE kernel on a model trained with CE, with a huge ridge mismatch: the do-no-harm check must refuse it
+    when no damping helps, and inplace=True must not write."""
+    m, peft, X, y = _harmful_setup()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    r, f = np.arange(24), np.arange(24, 30)
+    w0 = peft.vector().clone()
+    with pytest.raises(HarmfulUpdateError):
+        # target_scale 1e4: the MSE fit drives the logits to ±1e4, destroying the CE model
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", loss="mse", ridge=1e-6, w0=w0, linearize_at="w0",
+                anchor="fit", target_scale=1e4, harm=HarmTolerance(on_harm="raise"), inplace=True)
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_trained_with_is_required_and_checked():
+    m, peft, X, y = _harmful_setup()
+    r, f = np.arange(24), np.arange(24, 30)
+    with pytest.raises(TypeError):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1.0)
+    with pytest.raises(InvalidInputError, match="trained_with"):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1.0, trained_with="hinge")
+    with pytest.raises(InvalidInputError, match="MSE form"):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1.0, trained_with="ce", form="dual")
+    with pytest.raises(InvalidInputError, match="linearize_at"):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), ridge=1.0, trained_with="ce", linearize_at="w0")
+
+
+def test_policy_resolves_every_auto_from_trained_with():
+    for tw, pol in VARIANTS.items():
+        vals, why = resolve_variant(tw, linearize_at="auto", anchor="auto", loss="auto", steps="auto")
+        assert vals == {k: pol[k] for k in ("linearize_at", "anchor", "loss", "steps")}
+        assert all(tw in why[k] for k in vals)
+    vals, why = resolve_variant("ce", linearize_at="auto", anchor="retain", loss="mse", steps=2)
+    assert vals["anchor"] == "retain" and vals["steps"] == 2 and vals["loss"] == "mse"
+    assert "requested" in why["anchor"] and "warning" in why["loss"]
+
+
+def test_ce_route_records_plan_and_direct_solver():
+    m = tiny_bn_cnn(4)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(30, 8, (3, 8, 8))
+    r, f = np.arange(24), np.arange(24, 30)
+    w0 = peft.vector().clone()
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=1.0, w0=w0, rtol=1e-10)
+    assert res.reasons["solver"].startswith("direct Cholesky") and res.info["harm_check"]["passed"]
+    assert res.info["trained_with"] == "ce" and "trained_with='ce'" in res.reasons["loss"]
+    assert torch.allclose(res.w_new, res.w_old + res.delta)
+    solved = [k for k in res.solves if k.startswith("step")]
+    steps, why = res.info["steps"], res.info["newton"]["stop_reason"]
+    assert steps >= 1 and len(res.info["newton"]["history"]) == len(solved)
+    # every solve is a step taken, except a last one whose step the stopping rule rejected (and says why)
+    assert len(solved) == steps or (len(solved) == steps + 1 and ("grew" in why or "line search" in why or "descent" in why))
+    assert res.reasons["anchor"].startswith("anchor='trained'")  # every class keeps retain samples
+    assert all(res.solves[k]["method"].startswith("cholesky") for k in solved)
+
+
+def test_replay_of_full_batch_gd_equals_the_spectral_filter():
+    """Replayed full-batch GD on the linearized MSE model = (I − (I − ηH)^T) H⁻¹ Jᵀ z (docs/theory.md)."""
+    rng = np.random.default_rng(0)
+    n, C, p, T, eta, lam = 12, 2, 5, 7, 0.01, 0.5
+    J = torch.from_numpy(rng.normal(size=(n, C, p)))
+    f0 = torch.from_numpy(rng.normal(size=(n, C)))
+    y = torch.from_numpy(rng.integers(0, C, n))
+    w0 = torch.from_numpy(rng.normal(size=p))
+    # finetune_peft's objective: mean over the batch of ½‖f − Y‖² + ridge/(2m)‖d‖²: GD on (1/n)·(½‖Jd − z‖² + ½λ‖d‖²)
+    rec = Recipe(epochs=T, lr=eta, batch_size=n, optimizer="sgd", loss="mse", ridge=lam)
+    out = replay(LinearizedData(J, f0, y), w0, rec)
+    Jm = J.reshape(-1, p).numpy()
+    z = (torch.nn.functional.one_hot(y, C).double() - f0).reshape(-1).numpy()
+    H = (Jm.T @ Jm + lam * np.eye(p)) / n
+    d_T = (np.eye(p) - np.linalg.matrix_power(np.eye(p) - eta * H, T)) @ np.linalg.solve(H, Jm.T @ z / n)
+    np.testing.assert_allclose((out.w - w0).numpy(), d_T, rtol=1e-10, atol=1e-12)
