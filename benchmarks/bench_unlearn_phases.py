@@ -157,7 +157,7 @@ def main(argv=None):
     if not args.skip_unlearner:
         with PeakRSS() as pr:
             t = time.perf_counter()
-            U = Unlearner(model, peft, (X, y), ridge=ridge, w0=w0, strategy="cached", memory_budget=budget, rtol=1e-6)
+            U = Unlearner(model, peft, (X, y), trained_with="linearized-mse", ridge=ridge, w0=w0, strategy="cached", memory_budget=budget, rtol=1e-6)
             U.prepare()
             t_prep = time.perf_counter() - t
             fr = U.forget(idx_f)

@@ -73,7 +73,7 @@ def prepared(S, f_idx, budget, shared: bool):
         kw = {"source": src}
     (lam, _), phases["ridge matching" + ("" if shared else " (incl. its J_D)")] = _timed(
         lambda: match_ridge(S.peft, (X, y), w_trained=S.w_trained, w0=S.w0, memory_budget=budget, **kw))
-    u, t_prep = _timed(lambda: Unlearner(S.model, S.peft, (X, y), ridge=lam, w0=S.w0, memory_budget=budget, **kw).prepare())
+    u, t_prep = _timed(lambda: Unlearner(S.model, S.peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=S.w0, memory_budget=budget, **kw).prepare())
     phases["prepare (factor of G_D + λI" + (")" if shared else ", incl. J_D again)")] = t_prep
     req, phases["request"] = _timed(lambda: u.forget(f_idx))
     return u.w.clone(), phases, {"ridge": lam, "form": req.form, "route": req.reasons.get("form", ""), "request_timings": req.timings,

@@ -416,15 +416,19 @@ def run_experiment(cfg: ExperimentConfig, dist: "DistContext | None" = None) -> 
     times["Fast-NTK"] = time.perf_counter() - t + times["ridge selection"]
     rows["Fast-NTK"] = ev(res.w_new)
     prepared = None
-    if cfg.prepared and cfg.unlearn_loss == "mse":
+    if cfg.prepared and (cfg.unlearn_loss == "mse" or cfg.trained_with == "ce"):
         # the deployment path: state prepared once on D before any request, then each request costs O(|D_f|)
         from .unlearn import Unlearner
 
         t = time.perf_counter()
-        u = Unlearner(model, peft, (train.X, train.y), ridge=ridge_u, w0=w0, linearize_at=cfg.linearize_at,
-                      anchor=cfg.anchor,
-                      target_scale=cfg.target_scale, strategy=cfg.strategy, memory_budget=cfg.memory_budget, progress=progress,
-                      source=src_D if cfg.linearize_at == "w0" else None).prepare()
+        if cfg.unlearn_loss == "ce":
+            u = Unlearner(model, peft, (train.X, train.y), trained_with="ce", ridge=ridge_u, w0=w0,
+                          memory_budget=cfg.memory_budget, progress=progress).prepare()
+        else:
+            u = Unlearner(model, peft, (train.X, train.y), trained_with=cfg.trained_with, ridge=ridge_u, w0=w0,
+                          linearize_at=cfg.linearize_at, anchor=cfg.anchor, target_scale=cfg.target_scale,
+                          strategy=cfg.strategy, memory_budget=cfg.memory_budget, progress=progress,
+                          source=src_D if cfg.linearize_at == "w0" else None).prepare()
         t_prep = time.perf_counter() - t + times["ridge selection"]  # the ridge is chosen before any request too
         t = time.perf_counter()
         req = u.forget(f_idx)

@@ -40,7 +40,6 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -62,10 +61,12 @@ from .update.newton import NewtonOptions
 from .update.objective import NetworkObjective, loss_of
 from .update.policy import ce_anchor, resolve_variant
 from .update.tilted import JacobianOptions, tilted_newton
+from .update.prepared_ce import CEUnlearner, check_request
+from .update.result import UnlearnResult
 from .update.solve import SolveContext as _SolveCtx
 from .update.solve import check_norm_bound as _check_norm_bound
 from .update.solve import cholesky64 as _cholesky
-from .update.solve import gram64, solve_summary as _solve_summary
+from .update.solve import gram64
 from .update.solve import jtv64 as _jtv64
 from .update.solve import jv64 as _jv64
 from .update.solve import solve_primal_direct as _solve_primal_direct
@@ -76,60 +77,6 @@ __all__ = ["unlearn", "Unlearner", "UnlearnResult", "unlearning", "match_ridge",
 
 FORMS = ("auto", "dual", "primal", "woodbury", "dense")
 SCALES = (None, "trapezium")
-
-
-# ======================================================================================
-# result type
-# ======================================================================================
-@dataclass
-class UnlearnResult:
-    """Outcome of one unlearning request.
-
-    delta : ``Δ`` (p,), in the PEFT dtype.
-    w_new : the unlearned PEFT vector ``w_trained + scale·Δ``.
-    w_old : the PEFT vector before unlearning.
-    form / strategy / space : what was used; ``reasons`` says why (auto choices).
-    solves : name -> :class:`fastntk.solvers.SolveResult` (or a dict for direct solves).
-    timings : phase -> seconds.
-    scale : the factor applied to Δ.
-    """
-
-    delta: torch.Tensor
-    w_new: torch.Tensor
-    w_old: torch.Tensor
-    form: str
-    strategy: str
-    space: str
-    loss: str
-    scale: float
-    reasons: dict = field(default_factory=dict)
-    solves: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-
-    @property
-    def matvecs(self) -> int:
-        return int(sum(getattr(s, "matvecs", 0) for s in self.solves.values()))
-
-    @property
-    def seconds(self) -> float:
-        return float(self.timings.get("total", sum(self.timings.values())))
-
-    def summary(self) -> dict:
-        return {
-            "form": self.form,
-            "strategy": self.strategy,
-            "space": self.space,
-            "loss": self.loss,
-            "scale": self.scale,
-            "delta_norm": float(self.delta.norm()),
-            "matvecs": self.matvecs,
-            "timings": dict(self.timings),
-            "reasons": dict(self.reasons),
-            "solves": {k: _solve_summary(v) for k, v in self.solves.items()},
-        }
-
-
 
 
 # ======================================================================================
@@ -1055,8 +1002,24 @@ class Unlearner:
     on average in ``benchmarks/bench_variants.py`` (the pipeline's default there).
     """
 
-    def __init__(self, model, peft, train, *, ridge: float, w0=None, linearize_at="w0", target_scale=1.0, anchor="fit",
-                 strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False, source=None):
+    def __new__(cls, model, peft, train, *, trained_with: str, **kwargs):
+        if trained_with == "ce":  # the prepared CE route (fastntk.update.prepared_ce)
+            allowed = {"w0", "ridge", "newton", "harm", "memory_budget", "batch_size", "rtol", "progress"}
+            other = {k: v for k, v in kwargs.items() if k not in allowed and not (k in ("linearize_at", "anchor") and v == "auto")}
+            if other:
+                raise InvalidInputError(f"Unlearner(trained_with='ce') does not take {sorted(other)} (its curvature is the CE "
+                                        "Gauss-Newton at the trained weights and its anchor follows each request)")
+            _check_model(model, peft)
+            X, y = _xy(train, "training")
+            return CEUnlearner(model, peft, X, y, **{k: v for k, v in kwargs.items() if k in allowed})
+        return super().__new__(cls)
+
+    def __init__(self, model, peft, train, *, trained_with: str, ridge: float, w0=None, linearize_at="auto", target_scale=1.0,
+                 anchor="auto", strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False,
+                 source=None):
+        variant, self.reasons = resolve_variant(trained_with, linearize_at=linearize_at, anchor=anchor, loss="mse", steps=1)
+        linearize_at, anchor = variant["linearize_at"], variant["anchor"]
+        self.trained_with = trained_with
         if anchor not in ("fit", "trained", "retain"):
             raise InvalidInputError(f"anchor must be 'fit', 'trained' or 'retain', got {anchor!r}")
         self.anchor = anchor
@@ -1116,22 +1079,7 @@ class Unlearner:
         return self
 
     def _check_indices(self, idx) -> np.ndarray:
-        a = np.asarray(idx)
-        if a.size == 0:
-            raise ForgetSetError("the forget request is empty; pass at least one training index")
-        if a.dtype.kind not in "iu":
-            raise ForgetSetError(f"forget indices must be integers, got dtype {a.dtype}")
-        a = a.astype(np.int64).reshape(-1)
-        if a.min() < 0 or a.max() >= self.n:
-            raise ForgetSetError(f"forget indices must lie in [0, {self.n}); got range [{a.min()}, {a.max()}]")
-        if np.unique(a).size != a.size:
-            raise ForgetSetError("forget indices contain duplicates; pass each sample once")
-        again = np.intersect1d(a, self.forgotten)
-        if again.size:
-            raise ForgetSetError(f"{again.size} of the indices were already forgotten (e.g. {int(again[0])})")
-        if a.size + self.forgotten.size >= self.n:
-            raise ForgetSetError("the request would forget the whole training set; retrain from w0 instead")
-        return np.sort(a)
+        return check_request(idx, self.n, self.forgotten)
 
     @with_strict_precision
     def forget(self, indices, *, apply: bool = False) -> UnlearnResult:

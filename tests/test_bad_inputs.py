@@ -71,7 +71,7 @@ def _dup_forget():
 
 def _unlearner(req):
     m, peft, X, y = _lin()
-    u = Unlearner(m, peft, (X, y), ridge=0.1, w0=peft.vector())
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=0.1, w0=peft.vector())
     return u.forget(req)
 
 

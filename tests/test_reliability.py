@@ -28,7 +28,7 @@ def test_twenty_sequential_requests_match_one_combined_request():
     w0 = peft.vector().clone()
     wD = ridge_fit(peft, X, y, w0, lam, 3)
     peft.write(wD)
-    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0).prepare()
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0).prepare()
     rng = np.random.default_rng(0)
     order = rng.permutation(n)[:40]
     reqs = np.array_split(order, 20)
@@ -39,7 +39,7 @@ def test_twenty_sequential_requests_match_one_combined_request():
         r = np.setdiff1d(np.arange(n), done)
         assert rel_err(u.w, ridge_fit(peft, X[r], y[r], w0, lam, 3), wD) <= 1e-8
     assert len(u.history) == 20 and all(isinstance(h, dict) for h in u.history)  # summaries, no tensors kept
-    one = Unlearner(m, peft, (X, y), ridge=lam, w0=w0).prepare()
+    one = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0).prepare()
     one.forget(np.sort(order))
     assert rel_err(u.w, one.w, wD) <= 1e-8
 
@@ -100,7 +100,7 @@ def test_twenty_requests_in_the_pipeline_setting_stay_close_to_retraining():
     w0 = peft.vector().clone()
     recipe = dict(epochs=15, lr=0.05, batch_size=32, loss="mse", ridge=1.0, linearized=True, progress=False, seed=0)
     finetune_peft(peft, data, w0=w0, **recipe)
-    u = Unlearner(model, peft, (data.X, data.y), ridge=1.0, w0=w0).prepare()
+    u = Unlearner(model, peft, (data.X, data.y), trained_with="linearized-mse", ridge=1.0, w0=w0).prepare()
     size0 = _state_numel(u)
     reqs = np.array_split(np.random.default_rng(0).permutation(160)[:40], 20)
     for q in reqs:
@@ -108,7 +108,7 @@ def test_twenty_requests_in_the_pipeline_setting_stay_close_to_retraining():
         assert torch.isfinite(u.w).all()
         assert _state_numel(u) == size0
     allf = np.sort(np.concatenate(reqs))
-    one = Unlearner(model, peft, (data.X, data.y), ridge=1.0, w0=w0).prepare()
+    one = Unlearner(model, peft, (data.X, data.y), trained_with="linearized-mse", ridge=1.0, w0=w0).prepare()
     one.forget(allf)
     assert float((u.w - one.w).norm() / (one.w - peft.vector()).norm()) <= 1e-8
     gold = retrain(peft, data, allf, w0=w0, **recipe)

@@ -121,7 +121,7 @@ def test_sequential_requests_equal_one_combined_request(strategy):
     w0 = peft.vector().clone()
     wD = ridge_fit(peft, X, y, w0, lam, 3)
     peft.write(wD)
-    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, strategy=strategy, rtol=1e-12).prepare()
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0, strategy=strategy, rtol=1e-12).prepare()
     reqs = [[1, 7], [3], [10, 11, 12, 20], [25]]
     for q in reqs:
         u.forget(q)
@@ -129,7 +129,7 @@ def test_sequential_requests_equal_one_combined_request(strategy):
     r = np.setdiff1d(np.arange(n), allf)
     wR = ridge_fit(peft, X[r], y[r], w0, lam, 3)
     assert rel_err(u.w, wR, wD) <= 1e-8
-    one = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, strategy=strategy).prepare()
+    one = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0, strategy=strategy).prepare()
     one.forget(allf)
     assert rel_err(u.w, one.w, wD) <= 1e-8
     assert torch.equal(peft.vector(), wD)  # nothing written without apply()
@@ -277,7 +277,7 @@ def test_bad_inputs_raise_typed_errors_before_work():
 
 def test_unlearner_bad_requests():
     m, peft, X, y = make_problem("linear", 10, 0)
-    u = Unlearner(m, peft, (X, y), ridge=0.1, w0=peft.vector()).prepare()
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=0.1, w0=peft.vector()).prepare()
     for bad in ([], [10], [-1], [1, 1], np.arange(10), [0.5]):
         with pytest.raises(ForgetSetError):
             u.forget(bad)
@@ -328,7 +328,7 @@ def test_unlearner_fit_anchor_telescopes_for_unconverged_weights():
     wD = ridge_fit(peft, X, y, w0, lam, 3)
     w_tr = wD + 0.1 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     peft.write(w_tr)
-    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0).prepare()
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0).prepare()
     torch.testing.assert_close(u.w_fit, wD, rtol=1e-10, atol=1e-12)
     for q in ([0, 5], [7], [10, 11, 12]):
         u.forget(q)
@@ -418,11 +418,11 @@ def test_shared_source_gives_the_same_ridge_and_request():
     lam_a, info_a = match_ridge(peft, (X, y), w_trained=wt, w0=w0, grid=grid)
     lam_b, info_b = match_ridge(peft, (X, y), w_trained=wt, w0=w0, grid=grid, source=src)
     assert lam_a == lam_b and np.allclose(info_a["scores"], info_b["scores"], rtol=1e-10)
-    a = Unlearner(m, peft, (X, y), ridge=lam_a, w0=w0).forget(np.arange(30, 40))
-    b = Unlearner(m, peft, (X, y), ridge=lam_a, w0=w0, source=src).forget(np.arange(30, 40))
+    a = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam_a, w0=w0).forget(np.arange(30, 40))
+    b = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam_a, w0=w0, source=src).forget(np.arange(30, 40))
     assert torch.allclose(a.w_new, b.w_new, rtol=0, atol=1e-10)
     with pytest.raises(InvalidInputError, match="source has n"):
-        Unlearner(m, peft, (X[:20], y[:20]), ridge=1.0, w0=w0, source=src)
+        Unlearner(m, peft, (X[:20], y[:20]), trained_with="linearized-mse", ridge=1.0, w0=w0, source=src)
     with pytest.raises(InvalidInputError, match="cached"):
         match_ridge(peft, (X, y), w_trained=wt, w0=w0, source=make_jacobian(peft, X, w=w0, strategy="stream"))
     with pytest.raises(InvalidInputError, match="steps"):
@@ -467,11 +467,11 @@ def test_unlearner_retain_anchor_equals_unlearn_and_is_history_free(linearize_at
     r = np.setdiff1d(np.arange(60), f)
     ref = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="linearized-mse", ridge=lam, w0=w0, anchor="retain", form="primal",
                   linearize_at=linearize_at, solver="direct", rtol=1e-12)
-    one = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at).forget(f)
+    one = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at).forget(f)
     scale = float(ref.delta.norm())
     assert float((one.w_new - ref.w_new).norm()) <= 1e-8 * scale
     # two requests in sequence land where one combined request does
-    u = Unlearner(m, peft, (X, y), ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at)
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=lam, w0=w0, anchor="retain", linearize_at=linearize_at)
     u.forget(f[: n_forget // 2])
     two = u.forget(f[n_forget // 2:])
     assert float((two.w_new - ref.w_new).norm()) <= 1e-8 * scale

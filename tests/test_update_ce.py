@@ -237,3 +237,36 @@ def test_replay_of_full_batch_gd_equals_the_spectral_filter():
     H = (Jm.T @ Jm + lam * np.eye(p)) / n
     d_T = (np.eye(p) - np.linalg.matrix_power(np.eye(p) - eta * H, T)) @ np.linalg.solve(H, Jm.T @ z / n)
     np.testing.assert_allclose((out.w - w0).numpy(), d_T, rtol=1e-10, atol=1e-12)
+
+
+def test_prepared_ce_unlearner_first_step_equals_one_shot_and_sequences_commit():
+    """The prepared CE Unlearner: one request with steps=1 equals unlearn(trained_with='ce', steps=1) (same G_r(w_t), λ,
+    gradient); a refused request leaves its state; requests accumulate."""
+    from fastntk.unlearn import Unlearner
+    from fastntk.update.prepared_ce import CEUnlearner
+
+    m = tiny_bn_cnn(5)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(36, 9, (3, 8, 8))
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    f = np.arange(30, 36)
+    r = np.arange(30)
+    one = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", w0=w0, anchor="trained", steps=1, rtol=1e-12)
+    u = Unlearner(m, peft, (X, y), trained_with="ce", w0=w0, newton=NewtonOptions(max_steps=1), rtol=1e-12)
+    assert isinstance(u, CEUnlearner)
+    req = u.forget(f)
+    assert req.info["anchor"] == "trained" and req.info["steps"] == 1
+    np.testing.assert_allclose(req.delta.numpy(), one.delta.numpy(), rtol=1e-7, atol=1e-10)
+    assert req.info["ridge"] == pytest.approx(one.info["ridge"], rel=1e-10)
+    w_before = u.w.clone()
+    from fastntk.errors import ForgetSetError
+
+    with pytest.raises(ForgetSetError):
+        u.forget(f[:2])  # already forgotten: refused, nothing committed
+    assert torch.equal(u.w, w_before) and u.forgotten.size == f.size
+    u.forget(np.arange(0, 3))
+    assert u.forgotten.size == f.size + 3 and len(u.history) == 2
+    with pytest.raises(InvalidInputError, match="does not take"):
+        Unlearner(m, peft, (X, y), trained_with="ce", w0=w0, source=object())

@@ -30,7 +30,7 @@ from .solve import SolveContext, solve_primal_direct
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE"]
+__all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE", "FrozenCurvature"]
 
 #: κ of the relative damping rule ``λ = κ·tr(G_r(w_t))/p`` (ridge="auto"), chosen in benchmarks/bench_ce.py
 RELATIVE_RIDGE = 0.1
@@ -73,9 +73,12 @@ class TiltedResult:
 def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
                   ridge: float | str, newton: NewtonOptions, jac: JacobianOptions, ctx: SolveContext,
                   target_scale: float = 1.0, batch_size: int = 256, on_step=None, tilt: bool = True,
-                  center: str = "w0") -> TiltedResult:
+                  center: str = "w0", curvature=None) -> TiltedResult:
     """Unlearn ``forget`` from ``w_trained`` by tilted Gauss-Newton steps (module docstring).
 
+    ``curvature``: a frozen curvature (e.g. :class:`FrozenCurvature` of the prepared CE ``Unlearner``) used for every
+    step instead of a Jacobian of ``D_r`` at the current weights: ``curvature.trace()`` gives ``tr G_r`` (for the
+    relative ridge) and ``curvature.solve(g, lam, ctx, name)`` solves ``(G_r + λI) s = g``.
     ``tilt=False``: the plain retain objective ``Σ_{D_r} ℓ_i + ½λ‖w − c‖²`` (no tilt; converges to its minimizer,
     which early-stopped retraining does not reach: kept as a variant).
     """
@@ -96,6 +99,10 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     if ridge == "stationarity":
         lam, rinfo = stationarity_ridge(g_D, w_trained - center)
         log.info("fastntk: stationarity ridge λ = %.4g (relative residual %.3f)", lam, rinfo["relative_residual"])
+    elif ridge == "auto" and curvature is not None:
+        lam = RELATIVE_RIDGE * curvature.trace() / w_trained.numel()
+        rinfo = {"ridge": lam, "rule": f"relative: λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g} (benchmarks/bench_ce.py)",
+                 "trace_over_p": curvature.trace() / w_trained.numel(), "kappa": RELATIVE_RIDGE}
     elif ridge == "auto":
         # relative damping: λ = κ·tr(G_r(w_t))/p, from the first Jacobian (built anyway for the first step)
         t = time.perf_counter()
@@ -124,6 +131,12 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
         first = (L_r + 0.5 * lam * float(d @ d), g_r + lam * d)
 
     def solve(w, g, k):
+        if curvature is not None:
+            t = time.perf_counter()
+            info["strategy"], info["solver"] = curvature.strategy, curvature.method
+            x = curvature.solve(g, lam, ctx, f"step {k}: (G_r(w_t) + λI) s = −∇F_r(w) (frozen curvature)")
+            info["solve"] += time.perf_counter() - t
+            return x
         t = time.perf_counter()
         src = info.pop("first_source", None) if k == 1 else None
         if src is None:
@@ -152,3 +165,40 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
     return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "")
+
+
+class FrozenCurvature:
+    """``G_r = G_D − G_F`` at the prepared weights, from a cached loss-weighted ``J̃_D`` (n·C × p) and its float64
+    Gram ``G_D`` (p × p): the prepared CE ``Unlearner``'s curvature.  ``rows_forgotten`` are the rows of ``J̃_D`` of
+    every sample forgotten so far (``G_F = J̃_Fᵀ J̃_F``); each solve factors ``G_D − G_F + λI`` (p × p, Cholesky)."""
+
+    strategy = "cached (prepared J̃_D at the trained weights)"
+    method = "direct Cholesky of the downdated G_D − G_F + λI (frozen at the prepared weights)"
+
+    def __init__(self, G_D: torch.Tensor, trace_D: float, J_F: torch.Tensor):
+        from .solve import gram64
+
+        self.G_D, self.trace_D = G_D, float(trace_D)
+        self.J_F = J_F
+        self.G_F = gram64(J_F) if J_F.shape[0] else torch.zeros_like(G_D)
+        self._factor = {}
+
+    def trace(self) -> float:
+        return self.trace_D - float(self.G_F.diagonal().sum())
+
+    def solve(self, g: torch.Tensor, lam: float, ctx: SolveContext, name: str) -> torch.Tensor:
+        from .solve import cholesky64
+
+        t = time.perf_counter()
+        if lam not in self._factor:
+            H = self.G_D - self.G_F
+            H.diagonal().add_(lam)
+            self._factor[lam] = (H, cholesky64(H, f"G_r + λI (λ = {lam:.4g}, prepared)"))
+        H, L = self._factor[lam]
+        gd = g.double()
+        x = torch.cholesky_solve(gd.unsqueeze(1), L)[:, 0]
+        res = float((H @ x - gd).norm())
+        ctx.solves[name] = {"method": "cholesky (prepared, downdated)", "iterations": 0, "matvecs": 0, "true_residual": res,
+                            "tolerance": ctx.rtol * float(gd.norm()), "converged": res <= max(ctx.rtol * float(gd.norm()), 1e-12),
+                            "seconds": time.perf_counter() - t}
+        return x.to(g.dtype)

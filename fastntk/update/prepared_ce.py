@@ -1,0 +1,139 @@
+"""The prepared ``Unlearner`` for classifiers fine-tuned with cross-entropy.
+
+``prepare()`` caches, once, the loss-weighted Jacobian ``J̃_D`` at the trained weights (``J̃_i = L_iᵀ J_i``,
+``L_i L_iᵀ = diag p_i − p_i p_iᵀ``) and its float64 Gram ``G_D = J̃_Dᵀ J̃_D`` (p × p).  A request then runs the
+same Newton iteration as the one-shot :func:`fastntk.unlearn` with ``trained_with="ce"`` (anchor by request,
+relative ridge, stopping rule, do-no-harm check), with the curvature frozen at the prepared weights:
+``G_r = G_D − J̃_Fᵀ J̃_F`` from the cached rows of every sample forgotten so far (no Jacobian of ``D_r``).  Its
+gradients are the network's: one pass over ``D_f`` and, for every step after the first (or the plain anchor),
+one over ``D_r``.  The first step equals the one-shot update's (the same ``G_r(w_t)``, ``λ`` and gradient);
+later steps differ only by the curvature (frozen instead of relinearized).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..errors import ForgetSetError, InvalidInputError
+from ..operators import make_jacobian
+from .guard import HarmTolerance, check_no_harm, retain_sample
+from .newton import NewtonOptions
+from .objective import NetworkObjective
+from .policy import ce_anchor
+from .result import UnlearnResult
+from .solve import SolveContext, gram64
+from .tilted import FrozenCurvature, JacobianOptions, tilted_newton
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["CEUnlearner", "check_request"]
+
+
+def check_request(idx, n: int, forgotten: np.ndarray) -> np.ndarray:
+    """Validate a deletion request (indices into the training set) against what was forgotten already."""
+    a = np.asarray(idx)
+    if a.size == 0:
+        raise ForgetSetError("the forget request is empty; pass at least one training index")
+    if a.dtype.kind not in "iu":
+        raise ForgetSetError(f"forget indices must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64).reshape(-1)
+    if a.min() < 0 or a.max() >= n:
+        raise ForgetSetError(f"forget indices must lie in [0, {n}); got range [{a.min()}, {a.max()}]")
+    if np.unique(a).size != a.size:
+        raise ForgetSetError("forget indices contain duplicates; pass each sample once")
+    again = np.intersect1d(a, forgotten)
+    if again.size:
+        raise ForgetSetError(f"{again.size} of the indices were already forgotten (e.g. {int(again[0])})")
+    if a.size + forgotten.size >= n:
+        raise ForgetSetError("the request would forget the whole training set; retrain from w0 instead")
+    return np.sort(a)
+
+
+class CEUnlearner:
+    """Prepared deletion requests for a model fine-tuned with cross-entropy (module docstring).
+
+    model, peft : the fine-tuned model and its PEFT set; train : ``(X, y)`` of the fine-tuning set ``D``;
+    w0 : PEFT vector before fine-tuning (the ridge centre of the plain anchor); ridge : ``"auto"`` (relative) or λ;
+    newton, harm : as :func:`fastntk.unlearn`; memory_budget : bytes for ``J̃_D`` (``n·C·p`` floats, must fit).
+    """
+
+    def __init__(self, model, peft, X, y, *, w0=None, ridge="auto", newton: NewtonOptions | None = None,
+                 harm: HarmTolerance | None = None, memory_budget: float | None = 4e9, batch_size: int = 128,
+                 rtol: float = 1e-8, progress: bool = False):
+        if ridge != "auto" and not (isinstance(ridge, (int, float)) and ridge > 0):
+            raise InvalidInputError(f"ridge must be 'auto' or a positive number, got {ridge!r}")
+        if w0 is not None:
+            peft.check_vector(w0, name="w0")
+        self.model, self.peft, self.X, self.y = model, peft, X, y
+        self.n = int(X.shape[0])
+        self.w0 = None if w0 is None else w0.detach().clone()
+        self.ridge, self.newton, self.harm = ridge, newton, harm or HarmTolerance()
+        self.memory_budget, self.batch_size, self.rtol, self.progress = memory_budget, batch_size, rtol, progress
+        self.forgotten = np.zeros(0, dtype=np.int64)
+        self.w = peft.vector()
+        self.prepared = False
+        self.history: list[dict] = []
+
+    def prepare(self) -> "CEUnlearner":
+        t = time.perf_counter()
+        self.src = make_jacobian(self.peft, self.X, w=self.w, loss="ce", strategy="cached", memory_budget=self.memory_budget,
+                                 batch_size=self.batch_size, progress=self.progress)
+        self.C = int(self.src.C)
+        self.G_D = gram64(self.src.J)
+        self.trace_D = float(self.G_D.diagonal().sum())
+        self.prepare_seconds = time.perf_counter() - t
+        self.prepared = True
+        log.info("fastntk: CE Unlearner prepared (n=%d, p=%d, %.2fs)", self.n, self.src.p, self.prepare_seconds)
+        return self
+
+    def _rows(self, idx: np.ndarray) -> torch.Tensor:
+        C = self.C
+        rows = (idx[:, None] * C + np.arange(C)[None, :]).reshape(-1)
+        return self.src.J[torch.as_tensor(rows, device=self.src.J.device)]
+
+    def forget(self, indices, *, apply: bool = False) -> UnlearnResult:
+        """Forget the training samples ``indices`` from the current weights (module docstring)."""
+        if not self.prepared:
+            self.prepare()
+        idx = check_request(indices, self.n, self.forgotten)
+        t0 = time.perf_counter()
+        all_f = np.union1d(self.forgotten, idx)
+        keep = np.setdiff1d(np.arange(self.n), all_f)
+        ti, tk = torch.as_tensor(idx), torch.as_tensor(keep)
+        X_r, y_r, X_f, y_f = self.X[tk], self.y[tk], self.X[ti], self.y[ti]
+        anchor, why = ce_anchor(y_r, self.y[torch.as_tensor(all_f)])
+        newton = self.newton or NewtonOptions(stop_on_growth=anchor == "trained")
+        ctx = SolveContext(rtol=self.rtol, maxiter=None, preconditioner="none", precond_rank=0, backend="auto", callback=None,
+                           on_fail="raise", progress=False)
+        curv = FrozenCurvature(self.G_D, self.trace_D, self._rows(all_f))
+        r = tilted_newton(self.peft, (X_r, y_r), (X_f, y_f), w_trained=self.w, w0=self.w0, loss="ce", ridge=self.ridge,
+                          newton=newton, jac=JacobianOptions(), ctx=ctx, tilt=anchor == "trained", curvature=curv)
+        delta = r.w - self.w
+        t = time.perf_counter()
+        s = torch.as_tensor(retain_sample(X_r.shape[0], self.harm.samples))
+        delta, chk = check_no_harm(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce"), self.w, delta, self.harm)
+        timings = dict(r.timings, **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
+        reasons = {"anchor": why, "ridge": r.ridge_info["rule"] + f": λ = {r.ridge:.4g}", "solver": r.solver,
+                   "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",
+                   "form": "prepared CE Unlearner: Newton iteration with the curvature frozen at the prepared weights"}
+        res = UnlearnResult(delta=delta, w_new=self.w + delta, w_old=self.w.clone(), form="primal", strategy="cached",
+                            space="primal", loss="ce", scale=chk.scale, reasons=reasons, solves=ctx.solves, timings=timings,
+                            info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n,
+                                  "p": self.peft.p, "ridge": r.ridge, "anchor": anchor, "steps": r.newton.steps,
+                                  "newton": r.newton.summary(), "harm_check": chk.summary(), "trained_with": "ce"})
+        self.forgotten, self.w = all_f, res.w_new  # commit the state only now
+        self.history.append(res.summary())
+        if apply:
+            self.apply()
+        return res
+
+    def apply(self) -> None:
+        """Write the current unlearned weights into the model."""
+        self.peft.write(self.w)
+
+    @property
+    def retained(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n), self.forgotten)
