@@ -143,10 +143,11 @@ class _PerSampleBatchNorm(torch.autograd.Function):
             scale = s if gam is None else gam * s
             gx = g * scale.reshape(-1, ch, *tail)
         g3 = g.reshape(b, ch, -1)
+        sp = g3.shape[2]
         if ctx.needs_input_grad[3]:
-            gg = torch.einsum("bcs,bcs->bc", xhat.reshape(b, ch, -1), g3)
-        if ctx.needs_input_grad[4]:
-            gbt = g3.sum(-1)
+            gg = torch.linalg.vecdot(xhat.reshape(b, ch, -1), g3) if sp > 1 else (xhat * g).reshape(b, ch)
+        if ctx.needs_input_grad[4]:  # small spatial extents: a GEMV beats the reduction kernel
+            gbt = g3.sum(-1) if sp > 16 else (g3 @ torch.ones(sp, dtype=g.dtype, device=g.device) if sp > 1 else g3[:, :, 0])
         return gx, None, None, gg, gbt
 
 
@@ -305,7 +306,7 @@ class PerSampleGradients:
             for (_, rules), g in zip(targets, grads):
                 for i, fn in rules if g is not None else ():
                     dst_ij = R[:, j, off[i] : off[i + 1]]
-                    dst_ij.add_(fn(g)) if i in written else dst_ij.copy_(fn(g))
+                    fn(g, dst_ij, i in written)
                     written.add(i)
             for i in set(range(len(peft.names))) - written:  # unused by this column (zero gradient)
                 R[:, j, off[i] : off[i + 1]].zero_()
@@ -342,23 +343,32 @@ class PerSampleGradients:
         return vmap(one)(xb, Sb).detach(), out
 
 
-def _flat(g: torch.Tensor) -> torch.Tensor:
+def _put(dst: torch.Tensor, val: torch.Tensor, add: bool) -> None:
+    dst.add_(val) if add else dst.copy_(val)
+
+
+def _flat(g: torch.Tensor, dst: torch.Tensor, add: bool) -> None:
     """Gradient at a per-sample copy (BN γ / β, prompts): already per sample."""
-    return g.reshape(g.shape[0], -1)
+    _put(dst, g.reshape(g.shape[0], -1), add)
 
 
 def _linear_weight(a: torch.Tensor) -> Callable:
-    """Per-sample ``∂/∂W = Σ_tokens g ⊗ a`` of ``z = a Wᵀ + b`` for the layer input ``a``."""
+    """Per-sample ``∂/∂W = Σ_tokens g ⊗ a`` of ``z = a Wᵀ + b`` for the layer input ``a``, written into ``dst``."""
     a3 = a.reshape(a.shape[0], -1, a.shape[-1])
 
-    def rule(g):
-        return torch.einsum("bto,bti->boi", g.reshape(g.shape[0], -1, g.shape[-1]), a3).reshape(g.shape[0], -1)
+    def rule(g, dst, add):
+        b, o, i = g.shape[0], g.shape[-1], a3.shape[-1]
+        if a3.shape[1] == 1:  # one token (a head): the outer product straight into the destination
+            g3, d3 = g.reshape(b, o, 1), dst.view(b, o, i)
+            d3.addcmul_(g3, a3) if add else torch.mul(g3, a3, out=d3)
+        else:
+            _put(dst, torch.einsum("bto,bti->boi", g.reshape(b, -1, o), a3).reshape(b, -1), add)
 
     return rule
 
 
-def _linear_bias(g: torch.Tensor) -> torch.Tensor:
-    return g.reshape(g.shape[0], -1, g.shape[-1]).sum(1)
+def _linear_bias(g: torch.Tensor, dst: torch.Tensor, add: bool) -> None:
+    _put(dst, g.reshape(g.shape[0], -1, g.shape[-1]).sum(1), add)
 
 
 def _identity(out: torch.Tensor) -> torch.Tensor:
