@@ -109,11 +109,14 @@ class PeakRSS:
         return self.peak - self.start
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 3, warmup: int = 1, log=print) -> dict:
+def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 3, warmup: int = 1, log=print,
+                     clock: Callable[[], float] = time.perf_counter) -> dict:
     """Run each function ``warmup`` times, then ``repeats`` rounds, round-robin.
 
     Returns ``{name: {"median_s", "min_s", "times_s", "peak_rss_mb"}}``; the peak RSS
-    is the largest increase over the resident size at the start of a run.
+    is the largest increase over the resident size at the start of a run.  ``clock``:
+    wall time by default; ``time.thread_time`` counts only this thread's CPU time (with
+    one torch thread, the time other processes on a shared machine take is left out).
     """
     for name, fn in fns.items():
         for _ in range(warmup):
@@ -124,9 +127,9 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 3, 
     for r in range(repeats):
         for name, fn in fns.items():
             with PeakRSS() as m:
-                t = time.perf_counter()
+                t = clock()
                 fn()
-                dt = time.perf_counter() - t
+                dt = clock() - t
             times[name].append(dt)
             peaks[name] = max(peaks[name], m.delta)
         log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n}={times[n][-1]:.3f}s" for n in fns))

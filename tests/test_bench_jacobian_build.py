@@ -26,7 +26,7 @@ def test_jacobian_build_quick(tmp_path):
     assert methods == {"vmap", "engine"} | {f"sketch k={k}" for k in d["ks"]}
     assert res["engine_vs_vmap_rel_diff"] is not None and res["engine_vs_vmap_rel_diff"] <= 1e-5
     for row in res["rows"]:
-        for key in ("median_s", "min_s", "passes", "passes_median", "bound", "ratio_to_bound", "grad_s", "forward_s", "backward_s"):
+        for key in ("median_s", "min_s", "passes", "passes_min", "bound", "ratio_to_bound", "grad_s", "forward_s", "backward_s"):
             assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, (row["method"], key)
         assert row["k"] == (res["C"] if row["method"] in ("vmap", "engine") else int(row["method"].split("=")[1]))
         assert row["bound"] >= 1.0 - 1e-9 and row["min_s"] <= row["median_s"] and isinstance(row["met"], bool)
