@@ -202,11 +202,11 @@ class StreamingJacobian(_SourceBase):
         """``engine="auto"``: the per-sample engine when its rules pass the check on the first batch
         and cover at least one parameter, else ``vmap(jacrev)``.
 
-        Measured (``benchmarks/results/jacobian_build.md``, 1 thread, float32, 28 px): the engine is
-        1.6–2.8× faster on ``fastntk_cnn_small`` (C = 10, 100), within ±10 % of ``vmap(jacrev)`` on
-        resnet18 BN + head (C = 10, 100; the sign varies with the batch size and the load), and its
-        peak memory is the J it writes (``vmap(jacrev)`` adds 32 · C activation copies: 0.77 GB vs
-        0.08 GB at C = 100 on the small CNN).  Identical J in float64 (``tests/test_persample.py``)."""
+        Measured (``benchmarks/results/jacobian_build.md``, CPU time, 1 thread, float32, 28 px, BN +
+        head): ``fastntk_cnn_small`` 6.9 vs 9.6 gradient passes (C = 10) and 70 vs 255 (C = 100);
+        resnet18 5.3 vs 5.6 (C = 10) and 52 vs 53 (C = 100); the engine's peak memory is the J it
+        writes (``vmap(jacrev)`` adds 32 · C activation copies: 1.2 GB vs 0.5 GB for resnet18 at
+        C = 100).  The same J in float64 (``tests/test_persample.py``)."""
         if self.engine != "auto":
             return self.engine == "persample"
         eng = self.per_sample_engine()
