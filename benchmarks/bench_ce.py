@@ -29,9 +29,11 @@ from benchmarks._common import environment, set_threads, write_results  # noqa: 
 # name -> unlearn() keyword arguments (on top of trained_with="ce", w0, check_overlap=False)
 VARIANTS: dict[str, dict] = {
     "Fast-NTK (default)": dict(),
+    "Fast-NTK relinearized curvature": dict(newton="relinearize"),
     "CE tilted Newton (anchor=trained)": dict(anchor="trained"),
     "CE plain retain Newton (anchor=retain)": dict(anchor="retain"),
     "MSE kernel at trained (previous default)": dict(loss="mse", linearize_at="trained", anchor="trained"),
+    "Fast-NTK (prepared)": dict(prepared=True),
 }
 BASELINES = ("FT", "GA", "NegGrad+")
 
@@ -49,16 +51,61 @@ def _config(args, model, scen, seed, cls):
     )
 
 
+def _cached_experiment(cfg, folder):
+    """``setup_experiment(cfg)`` with its fine-tuned, retrained and floor weights cached in ``folder`` (keyed by the
+    config): a rerun with other variants reuses the same fine-tuned models instead of training them again."""
+    import dataclasses
+    import hashlib
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from fastntk.pipeline import Experiment, setup_experiment, setup_model
+
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = os.path.join(folder, f"setup-{cfg.model}-{cfg.forget}-{cfg.seed}-{key}.pt")
+    if not os.path.exists(path):
+        e = setup_experiment(cfg)
+        os.makedirs(folder, exist_ok=True)
+        logs = {k: dict(seconds=o.seconds, epochs_run=o.log.epochs_run if hasattr(o, "log") else o.epochs_run,
+                        best_epoch=o.log.best_epoch if hasattr(o, "log") else o.best_epoch) for k, o in (("ft", e.ft), ("gold", e.gold), ("floor", e.floor))}
+        torch.save(dict(w0=e.w0, w_trained=e.w_trained, gold=e.gold.w, floor=e.floor.w, r_idx=e.r_idx, f_idx=e.f_idx, rows=e.rows,
+                        logs=logs, times=e.times), path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return e
+    d = torch.load(path, weights_only=False)
+    c = cfg.validate().resolved()
+    train, test, peft, t_pre, ck = setup_model(c)
+    if c.val_fraction > 0:
+        from fastntk.data import train_test_split
+
+        train, _ = train_test_split(train, c.val_fraction, seed=c.seed + 7)
+    peft.write(d["w_trained"])
+
+    def run(k, w):
+        lg = d["logs"][k]
+        return SimpleNamespace(w=w, seconds=lg["seconds"], epochs_run=lg["epochs_run"], best_epoch=lg["best_epoch"],
+                               log=SimpleNamespace(epochs_run=lg["epochs_run"], best_epoch=lg["best_epoch"]))
+
+    return Experiment(cfg=c, peft=peft, model=peft.model.eval(), train=train, retain=train.subset(d["r_idx"]),
+                      forget=train.subset(d["f_idx"]), test=test, r_idx=d["r_idx"], f_idx=d["f_idx"], w0=d["w0"],
+                      w_trained=d["w_trained"], ft=run("ft", d["w_trained"]), gold=run("gold", d["gold"]),
+                      floor=run("floor", d["floor"]), linearized=False, lin=None, pretrain_seconds=t_pre, checkpoint=ck,
+                      rows=d["rows"], times=d["times"])
+
+
 def run_one(args, model, scen, seed, cls) -> dict:
     import torch
 
     from fastntk.metrics import avg_gap
     from fastntk.pipeline import setup_experiment
-    from fastntk.unlearn import unlearn
+    from fastntk.unlearn import Unlearner, unlearn
+    from fastntk.update.newton import NewtonOptions
 
     cfg = _config(args, model, scen, seed, cls)
     t = time.perf_counter()
-    e = setup_experiment(cfg)
+    e = _cached_experiment(cfg, args.setups) if args.setups else setup_experiment(cfg)
     gold_m = e.rows["retrain"]
     rows = {k: dict(v) for k, v in e.rows.items()}
     info = {"model": model, "scenario": scen, "seed": seed, "forget_class": cls if scen == "class" else None,
@@ -70,9 +117,19 @@ def run_one(args, model, scen, seed, cls) -> dict:
     for name in args.variants:
         e.peft.write(e.w_trained)
         t = time.perf_counter()
+        kw = dict(VARIANTS[name])
         try:
-            res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with="ce", w0=e.w0,
-                          check_overlap=False, memory_budget=cfg.memory_budget, **VARIANTS[name])
+            if kw.pop("prepared", False):
+                u = Unlearner(e.model, e.peft, (e.train.X, e.train.y), trained_with="ce", w0=e.w0, memory_budget=cfg.memory_budget)
+                u.prepare()
+                t_prep = time.perf_counter() - t
+                res = u.forget(e.f_idx)
+                res.timings["prepare"] = t_prep
+            else:
+                if kw.get("newton") == "relinearize":
+                    kw["newton"] = NewtonOptions(curvature="relinearize", stop_on_growth=None)
+                res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with="ce", w0=e.w0,
+                              check_overlap=False, memory_budget=cfg.memory_budget, **kw)
         except Exception as exc:  # a refused or failed variant is reported, not hidden
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "seconds": time.perf_counter() - t}
             print(f"  {model} {scen} seed {seed}: {name}: {rows[name]['error'][:160]}", flush=True)
@@ -199,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--cache", default=None, help="backbone cache folder (default ~/.cache/fastntk)")
+    ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups",
+                    help="folder caching the fine-tuned / retrained weights per config ('' to retrain every time)")
     ap.add_argument("--name", default="ce")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)

@@ -50,14 +50,18 @@ def fastntk_methods(finetune: str) -> dict[str, dict]:
     timed with the method), ``"train"`` (the fine-tuning ridge), anything else (a number, ``"auto"``) is passed
     to ``unlearn`` unchanged, and without the key ``unlearn``'s default is used.  ``finetune`` is
     ``"standard"`` (cross-entropy) or ``"linearized"`` (MSE).  The one-shot route leaves every choice to
-    ``unlearn``'s ``"auto"`` resolution from ``trained_with``; the prepared route follows the pipeline's
-    variant (ExperimentConfig.resolved).
+    ``unlearn``'s ``"auto"`` resolution from ``trained_with``; so does the prepared route (``Unlearner`` with
+    ``trained_with``; the matched ridge after linearized MSE fine-tuning).
     """
     lin = finetune == "linearized"
-    variant = dict(linearize_at="w0", anchor="fit") if lin else dict(linearize_at="trained", anchor="trained")
-    return {
-        "Fast-NTK": dict(route="one-shot", trained_with="linearized-mse" if lin else "ce"),
-        "Fast-NTK (prepared)": dict(route="prepared", ridge="match", strategy="auto", **variant),
+    if lin:
+        return {
+            "Fast-NTK": dict(route="one-shot", trained_with="linearized-mse"),
+            "Fast-NTK (prepared)": dict(route="prepared", trained_with="linearized-mse", ridge="match", strategy="auto"),
+        }
+    return {  # cross-entropy: every choice (anchor by request, relative ridge, steps) is the library's
+        "Fast-NTK": dict(route="one-shot", trained_with="ce"),
+        "Fast-NTK (prepared)": dict(route="prepared", trained_with="ce"),
     }
 
 
