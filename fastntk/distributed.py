@@ -25,8 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import DataError, FastNTKError, ForgetSetError, InvalidInputError
-from .operators import GGNLinearOperator, make_jacobian
-from .operators.linearization import _SourceBase
+from .operators import make_jacobian
 
 log = logging.getLogger("fastntk")
 
@@ -55,7 +54,15 @@ def _all_reduce(t: torch.Tensor, group=None, op=None) -> torch.Tensor:
     return t
 
 
-class EmptyJacobian(_SourceBase):
+class _Source:
+    """What every Jacobian source has: ``n`` samples × ``C`` outputs = ``nC`` rows."""
+
+    @property
+    def nC(self) -> int:
+        return self.n * self.C
+
+
+class EmptyJacobian(_Source):
     """The Jacobian source of an empty shard: zero rows."""
 
     strategy = "empty"
@@ -82,7 +89,7 @@ class EmptyJacobian(_SourceBase):
         return torch.zeros(self.p, dtype=self.dtype, device=self.device)
 
 
-class DistributedJacobian(_SourceBase):
+class DistributedJacobian(_Source):
     """A rank's local Jacobian source whose parameter-space products are all-reduced.
 
     ``jmat`` / ``outputs`` / ``diag_ntk`` stay local (sharded rows); ``jtmat`` / ``gmat`` / ``diag_ggn``
@@ -124,29 +131,18 @@ def _agree(ok: bool, message: str, group=None):
         raise DistributedError(message if not ok else f"rank {_rank()}: {int(bad)} peer rank(s) reported bad input; nothing was done")
 
 
-def unlearn_distributed(model, peft, retain_shard, forget_shard, *, ridge: float, w0: torch.Tensor, target_scale: float = 1.0,
-                        strategy: str = "auto", memory_budget: float | None = 2e9, batch_size: int = 128, rtol: float = 1e-8,
-                        maxiter: int | None = None, inplace: bool = False, group=None):
-    """Data-parallel Fast-NTK update (MSE kernel at ``w0``, anchor "fit", primal form, CG).
+def _validate(model, peft, retain_shard, forget_shard, ridge, rtol, w0, group):
+    """Local checks, then every rank agrees before any work: ``(λ, rtol, why the rtol was floored, shards)``."""
+    from .update.inputs import check_model, check_scalar
+    from .update.plan import rtol_floor
 
-    ``Δ = w*_{D_r} − w*_D`` with ``w*_S − w̄ = (G_S + λI)⁻¹ J_Sᵀ z_S``; computed as the Newton step
-    ``Δ = (G_r + λI)⁻¹ J_fᵀ (f_lin(X_f; w*_D) − Y_f)`` -- exactly what :func:`fastntk.unlearn` returns with
-    ``form="primal", solver="cg"`` on the union of the shards.  Every rank returns the same ``Δ``;
-    with ``inplace=True`` every rank writes it into its replica of the model, after all succeeded.
-    """
-    from .unlearn import UnlearnResult, _check_model, _check_norm_bound, _check_scalar, _SolveCtx, _SumGGN, _targets
-
-    t0 = time.perf_counter()
-    if not (dist.is_available() and dist.is_initialized()):
-        raise InvalidInputError("unlearn_distributed needs torch.distributed initialised (torchrun, or init_process_group)")
-    # ---- validation: local checks, then every rank agrees before any work
-    err = None
+    err = lam = rtol_why = None
+    shards = []
     try:
-        lam = _check_scalar("ridge", ridge, positive=True)
-        rtol = _check_scalar("rtol", rtol, positive=True)
-        _check_model(model, peft)
+        lam = check_scalar("ridge", ridge, positive=True)
+        rtol, rtol_why = rtol_floor(check_scalar("rtol", rtol, positive=True), peft.dtype)
+        check_model(model, peft)
         peft.check_vector(w0, name="w0")
-        shards = []
         for data, name in ((retain_shard, "retain"), (forget_shard, "forget")):
             X, y = data
             if X.shape[0] != y.shape[0]:
@@ -157,6 +153,28 @@ def unlearn_distributed(model, peft, retain_shard, forget_shard, *, ridge: float
     except FastNTKError as e:
         err = e
     _agree(err is None, f"rank {_rank()}: {err}", group)
+    return lam, rtol, rtol_why, shards
+
+
+def unlearn_distributed(model, peft, retain_shard, forget_shard, *, ridge: float, w0: torch.Tensor, target_scale: float = 1.0,
+                        strategy: str = "auto", memory_budget: float | None = 2e9, batch_size: int = 128, rtol: float = 1e-8,
+                        maxiter: int | None = None, inplace: bool = False, group=None):
+    """Data-parallel Fast-NTK update (MSE kernel at ``w0``, anchor "fit", primal form, CG).
+
+    ``Δ = w*_{D_r} − w*_D`` with ``w*_S − w̄ = (G_S + λI)⁻¹ J_Sᵀ z_S``; computed as the Newton step
+    ``Δ = (G_r + λI)⁻¹ J_fᵀ (f_lin(X_f; w*_D) − Y_f)`` -- exactly what :func:`fastntk.unlearn` returns with
+    ``form="primal", solver="cg"`` on the union of the shards.  Every rank returns the same ``Δ``;
+    with ``inplace=True`` every rank writes it into its replica of the model, after all succeeded.
+    """
+    from .update.forms import FIT_D, forget_residual, newton_step, ridge_fit
+    from .update.inputs import targets
+    from .update.result import UnlearnResult
+    from .update.solve import SolveContext
+
+    t0 = time.perf_counter()
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InvalidInputError("unlearn_distributed needs torch.distributed initialised (torchrun, or init_process_group)")
+    lam, rtol, rtol_why, shards = _validate(model, peft, retain_shard, forget_shard, ridge, rtol, w0, group)
     (X_r, y_r), (X_f, y_f) = shards
     with torch.no_grad():
         probe = X_r[:1] if X_r.shape[0] else X_f[:1]
@@ -181,28 +199,21 @@ def unlearn_distributed(model, peft, retain_shard, forget_shard, *, ridge: float
     src_r = DistributedJacobian(source(X_r), group)
     src_f = DistributedJacobian(source(X_f), group)
     t_jac = time.perf_counter() - t
-    ctx = _SolveCtx(rtol=rtol, maxiter=maxiter, preconditioner="none", precond_rank=0, backend="auto", callback=None,
-                    on_fail="raise", progress=False)
+    ctx = SolveContext(rtol=rtol, maxiter=maxiter)
     t = time.perf_counter()
-    dt, dev = peft.dtype, peft.device
-    Y_r = _targets(y_r, C, target_scale, dt, dev)
-    Y_f = _targets(y_f, C, target_scale, dt, dev)
-    z_r = Y_r - src_r.outputs().reshape(-1)
-    z_f = Y_f - src_f.outputs().reshape(-1)
-    b = src_r.jtmat(z_r.unsqueeze(1))[:, 0] + src_f.jtmat(z_f.unsqueeze(1))[:, 0]
-    dD = ctx.solve(_SumGGN(src_r, src_f, lam), b, "H_D (w*_D − w̄) = J_Dᵀ z_D")
-    _check_norm_bound(dD, b, lam, ctx.solves.get("H_D (w*_D − w̄) = J_Dᵀ z_D"), "H_D")
-    r_f = src_f.outputs().reshape(-1) + src_f.jmat(dD.unsqueeze(1))[:, 0] - Y_f
-    g = src_f.jtmat(r_f.unsqueeze(1))[:, 0]
-    delta = ctx.solve(GGNLinearOperator(src_r, lam), g, "H_r Δ = J_fᵀ r_f")
-    _check_norm_bound(delta, g, lam, ctx.solves.get("H_r Δ = J_fᵀ r_f"), "H_r")
+    Y_r = targets(y_r, C, target_scale, peft.dtype, peft.device)
+    Y_f = targets(y_f, C, target_scale, peft.dtype, peft.device)
+    dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam, ctx, FIT_D)  # w*_D − w̄ (SumGGNLinearOperator, CG)
+    r_f = forget_residual(src_f, Y_f, w0 + dD, w0)  # f_lin(X_f; w*_D) − Y_f
+    delta = newton_step(src_r, src_f.jtmat(r_f.unsqueeze(1))[:, 0], lam, ctx)
     ok = bool(torch.isfinite(delta).all())
     _agree(ok, f"rank {_rank()}: non-finite update", group)
     w_old = peft.vector()
     w_new = w_old + delta
     timings = {"jacobian": t_jac, "solve": time.perf_counter() - t, "total": time.perf_counter() - t0}
     res = UnlearnResult(delta=delta, w_new=w_new, w_old=w_old, form="primal", strategy=src_r.strategy, space="primal", loss="mse",
-                        scale=1.0, reasons={"form": "data-parallel: primal form (replicated parameter space), CG"},
+                        scale=1.0, reasons={"form": "data-parallel: primal form (replicated parameter space), CG",
+                                                      **({"rtol": rtol_why} if rtol_why else {})},
                         solves=ctx.solves, timings=timings,
                         info={"n_retain": n_r, "n_forget": n_f, "C": C, "p": peft.p, "ridge": lam, "world_size": dist.get_world_size(group),
                               "rank": _rank(), "n_retain_local": int(X_r.shape[0]), "n_forget_local": int(X_f.shape[0])})

@@ -137,8 +137,8 @@ class ExperimentConfig:
     def validate(self) -> "ExperimentConfig":
         if self.linearize_at not in ("auto", "w0", "trained"):
             raise ConfigError(f"linearize_at must be 'auto', 'w0' or 'trained', got {self.linearize_at!r}")
-        if self.anchor not in ("auto", "fit", "trained", "retain"):
-            raise ConfigError(f"anchor must be 'auto', 'fit', 'trained' or 'retain', got {self.anchor!r}")
+        if self.anchor not in ("auto", "fit", "trained", "retain", "by-request"):
+            raise ConfigError(f"anchor must be 'auto', 'fit', 'trained', 'retain' or 'by-request' (CE), got {self.anchor!r}")
         if self.dataset not in ("digits", "fashion_mnist", "cifar10", "folder"):
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose digits, fashion_mnist, cifar10 or folder")
         if self.forget not in ("random", "class"):
@@ -535,6 +535,17 @@ _DIST_ACCEPTED = {"form": ("auto", "primal"), "solver": ("auto", "cg"), "precond
                   "trained_with": ("linearized-mse", "mse")}
 
 
+def _unlearn_keywords() -> dict:
+    """Every keyword :func:`fastntk.unlearn.unlearn` takes (its own and its options' fields), with its default."""
+    import inspect
+
+    from .unlearn import unlearn
+    from .update.options import option_defaults
+
+    own = {k: p.default for k, p in inspect.signature(unlearn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    return {**option_defaults(), **own}
+
+
 def _same(a, b) -> bool:
     try:
         return a is b or (type(a) is type(b) and bool(a == b))
@@ -626,11 +637,7 @@ class DistContext:
     @staticmethod
     def step_options(kw: dict, dtype=None) -> dict:
         """The keys of ``kw`` (``unlearn()``'s) for ``unlearn_distributed``; :class:`ConfigError` for what it cannot do."""
-        import inspect
-
-        from .unlearn import unlearn
-
-        defaults = {k: p.default for k, p in inspect.signature(unlearn).parameters.items()}
+        defaults = _unlearn_keywords()
         bad = []
         for k, v in kw.items():
             if k in _DIST_PASS or k in _DIST_IGNORED:
@@ -643,19 +650,16 @@ class DistContext:
                               f"MSE kernel update at w0 (anchor 'fit', primal form, CG, no preconditioner) and cannot run "
                               f"{', '.join(bad)}; change these options or run in one process")
         opts = {k: kw[k] for k in _DIST_PASS if k in kw}
-        rtol = float(opts.get("rtol", 1e-8))
-        if dtype == torch.float32 and rtol < 1e-4:  # as unlearn(): float32 matvecs cannot certify less
-            log.info("fastntk: float32 operators: CG rtol raised from %g to 1e-4", rtol)
-            opts["rtol"] = 1e-4
+        from .update.plan import rtol_floor
+
+        rtol, floored = rtol_floor(float(opts.get("rtol", 1e-8)), dtype)  # as unlearn(): float32 cannot certify less
+        if floored:
+            opts["rtol"] = rtol
         return opts
 
     def begin(self, cfg: ExperimentConfig):
         """Rank 0, before any training: fail early on options the data-parallel step cannot run (hand-over 0)."""
-        import inspect
-
-        from .unlearn import unlearn
-
-        names = {k for k, p in inspect.signature(unlearn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        names = set(_unlearn_keywords())
         kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
         kw["loss"] = cfg.unlearn_loss
         self.step_options(kw)

@@ -17,14 +17,16 @@ import time
 import numpy as np
 import torch
 
-from ..errors import ForgetSetError, InvalidInputError
+from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .guard import HarmTolerance, check_no_harm, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
 from .policy import ce_anchor
+from .requests import RequestStream, check_request
 from .result import UnlearnResult
-from .solve import SolveContext, gram64
+from .dense import gram64
+from .solve import SolveContext
 from .tilted import FrozenCurvature, JacobianOptions, tilted_newton
 
 log = logging.getLogger("fastntk")
@@ -32,27 +34,7 @@ log = logging.getLogger("fastntk")
 __all__ = ["CEUnlearner", "check_request"]
 
 
-def check_request(idx, n: int, forgotten: np.ndarray) -> np.ndarray:
-    """Validate a deletion request (indices into the training set) against what was forgotten already."""
-    a = np.asarray(idx)
-    if a.size == 0:
-        raise ForgetSetError("the forget request is empty; pass at least one training index")
-    if a.dtype.kind not in "iu":
-        raise ForgetSetError(f"forget indices must be integers, got dtype {a.dtype}")
-    a = a.astype(np.int64).reshape(-1)
-    if a.min() < 0 or a.max() >= n:
-        raise ForgetSetError(f"forget indices must lie in [0, {n}); got range [{a.min()}, {a.max()}]")
-    if np.unique(a).size != a.size:
-        raise ForgetSetError("forget indices contain duplicates; pass each sample once")
-    again = np.intersect1d(a, forgotten)
-    if again.size:
-        raise ForgetSetError(f"{again.size} of the indices were already forgotten (e.g. {int(again[0])})")
-    if a.size + forgotten.size >= n:
-        raise ForgetSetError("the request would forget the whole training set; retrain from w0 instead")
-    return np.sort(a)
-
-
-class CEUnlearner:
+class CEUnlearner(RequestStream):
     """Prepared deletion requests for a model fine-tuned with cross-entropy (module docstring).
 
     model, peft : the fine-tuned model and its PEFT set; train : ``(X, y)`` of the fine-tuning set ``D``;
@@ -96,11 +78,7 @@ class CEUnlearner:
 
     def forget(self, indices, *, apply: bool = False) -> UnlearnResult:
         """Forget the training samples ``indices`` from the current weights (module docstring)."""
-        if not self.prepared:
-            self.prepare()
-        idx = check_request(indices, self.n, self.forgotten)
-        t0 = time.perf_counter()
-        all_f = np.union1d(self.forgotten, idx)
+        idx, all_f, t0 = self._begin(indices)
         keep = np.setdiff1d(np.arange(self.n), all_f)
         ti, tk = torch.as_tensor(idx), torch.as_tensor(keep)
         X_r, y_r, X_f, y_f = self.X[tk], self.y[tk], self.X[ti], self.y[ti]
@@ -124,16 +102,4 @@ class CEUnlearner:
                             info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n,
                                   "p": self.peft.p, "ridge": r.ridge, "anchor": anchor, "steps": r.newton.steps,
                                   "newton": r.newton.summary(), "harm_check": chk.summary(), "trained_with": "ce"})
-        self.forgotten, self.w = all_f, res.w_new  # commit the state only now
-        self.history.append(res.summary())
-        if apply:
-            self.apply()
-        return res
-
-    def apply(self) -> None:
-        """Write the current unlearned weights into the model."""
-        self.peft.write(self.w)
-
-    @property
-    def retained(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(self.n), self.forgotten)
+        return self._commit(all_f, res, apply)  # the state changes only now

@@ -1,11 +1,11 @@
-"""The result of one unlearning request: ``Δ``, the weights, what ran and why (``reasons``), solves, timings."""
+"""The result of one unlearning request: ``Δ``, the weights, what ran and why (``plan``), solves, timings."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
-from .solve import solve_summary as _solve_summary
+from .solve import solve_summary
 
 __all__ = ["UnlearnResult"]
 
@@ -14,13 +14,15 @@ __all__ = ["UnlearnResult"]
 class UnlearnResult:
     """Outcome of one unlearning request.
 
-    delta : ``Δ`` (p,), in the PEFT dtype.
-    w_new : the unlearned PEFT vector ``w_trained + scale·Δ``.
-    w_old : the PEFT vector before unlearning.
-    form / strategy / space : what was used; ``reasons`` says why (auto choices).
-    solves : name -> :class:`fastntk.solvers.SolveResult` (or a dict for direct solves).
-    timings : phase -> seconds.
-    scale : the factor applied to Δ.
+    delta : ``Δ`` (p,), in the PEFT dtype: the applied update, ``w_new = w_old + Δ`` (scale, later steps and the
+        do-no-harm damping included).
+    w_new / w_old : the unlearned PEFT vector and the one before unlearning.
+    form / strategy / space / loss : what ran.
+    plan : choice -> ``{"value", "reason"}``: every option the plan resolved (:mod:`fastntk.update.plan`), with
+        what ran; ``reasons`` (choice -> reason) is the same, flattened.
+    solves : name -> summary of its :class:`fastntk.solvers.SolveResult` (the same keys for direct and iterative
+        solves); ``records`` : name -> the :class:`~fastntk.solvers.SolveResult` itself.
+    timings : phase -> seconds.  scale : the factor applied to the first step's Δ.
     """
 
     delta: torch.Tensor
@@ -35,10 +37,19 @@ class UnlearnResult:
     solves: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if any(hasattr(v, "summary") for v in self.solves.values()):
+            self.records = dict(self.solves)
+            self.solves = {k: solve_summary(v) for k, v in self.solves.items()}
+        for k, choice in self.plan.items():
+            self.reasons.setdefault(k, choice["reason"])
 
     @property
     def matvecs(self) -> int:
-        return int(sum(getattr(s, "matvecs", 0) for s in self.solves.values()))
+        return int(sum(int(s.get("matvecs", 0)) for s in self.solves.values()))
 
     @property
     def seconds(self) -> float:
@@ -55,5 +66,6 @@ class UnlearnResult:
             "matvecs": self.matvecs,
             "timings": dict(self.timings),
             "reasons": dict(self.reasons),
-            "solves": {k: _solve_summary(v) for k, v in self.solves.items()},
+            "plan": {k: dict(v) for k, v in self.plan.items()},
+            "solves": dict(self.solves),
         }

@@ -26,7 +26,8 @@ from ..errors import InvalidInputError
 from ..operators import GGNLinearOperator, make_jacobian
 from .newton import NewtonOptions, NewtonReport, gauss_newton, stationarity_ridge
 from .objective import NetworkObjective
-from .solve import SolveContext, solve_primal_direct
+from .dense import solve_primal_direct
+from .solve import SolveContext
 
 log = logging.getLogger("fastntk")
 
@@ -176,7 +177,7 @@ class FrozenCurvature:
     method = "direct Cholesky of the downdated G_D − G_F + λI (frozen at the prepared weights)"
 
     def __init__(self, G_D: torch.Tensor, trace_D: float, J_F: torch.Tensor):
-        from .solve import gram64
+        from .dense import gram64
 
         self.G_D, self.trace_D = G_D, float(trace_D)
         self.J_F = J_F
@@ -187,7 +188,8 @@ class FrozenCurvature:
         return self.trace_D - float(self.G_F.diagonal().sum())
 
     def solve(self, g: torch.Tensor, lam: float, ctx: SolveContext, name: str) -> torch.Tensor:
-        from .solve import cholesky64
+        from .dense import cholesky64
+        from .solve import record_direct
 
         t = time.perf_counter()
         if lam not in self._factor:
@@ -198,7 +200,6 @@ class FrozenCurvature:
         gd = g.double()
         x = torch.cholesky_solve(gd.unsqueeze(1), L)[:, 0]
         res = float((H @ x - gd).norm())
-        ctx.solves[name] = {"method": "cholesky (prepared, downdated)", "iterations": 0, "matvecs": 0, "true_residual": res,
-                            "tolerance": ctx.rtol * float(gd.norm()), "converged": res <= max(ctx.rtol * float(gd.norm()), 1e-12),
-                            "seconds": time.perf_counter() - t}
+        record_direct(ctx.solves, name, x, residual=res, rhs_norm=float(gd.norm()),
+                      tolerance=max(ctx.rtol * float(gd.norm()), 1e-12), t0=t, method="cholesky (prepared, downdated)")
         return x.to(g.dtype)

@@ -1,0 +1,194 @@
+"""The four forms of the MSE update (docs/theory.md §3): dual (Fast-NTK), primal (Newton), Woodbury, dense.
+
+Notation: ``J_S`` the Jacobian of the PEFT parameters at ``w̄``; ``f̄_S = f(X_S; w̄)``; ``Y_S`` the targets;
+``z_S = Y_S − f̄_S``; ``f_lin(x; w) = f̄(x) + J(x)(w − w̄)``; ``H_S = G_S + λI``; ``K_SS = Θ_SS + λI``.
+All forms return ``Δ`` with the unlearned PEFT vector ``w_trained + Δ``:
+
+``"dual"``      ``Δ = P J_fᵀ M V``, ``P = I − J_rᵀ K_rr⁻¹ J_r``, ``M = (K_ff − Θ_fr K_rr⁻¹ Θ_rf)⁻¹`` (Schur complement),
+                ``V = −z_f + Θ_fr K_rr⁻¹ z_r``: the difference of the two kernel ridge fits, all inverses by CG.
+``"primal"``    a Newton step ``Δ = (G_r + λI)⁻¹ J_fᵀ r_f`` from the anchor (``"fit"``: ``r_f = f_lin(X_f; w*_D) − Y_f``;
+                ``"trained"``: at the trained weights; ``"retain"``: ``Δ = −(G_r + λI)⁻¹∇L_r(w_trained)``).
+``"woodbury"``  the same Newton step with ``(G_r + λI)⁻¹`` through one factor of ``H = G_D + λI`` and an n_f·C system.
+``"dense"``     Golatkar et al.'s dense NTK (materialized ``J``, ``numpy.linalg.solve``); small ``n`` only.
+
+The ridge fit ``w*_S − w̄ = (G_S + λI)⁻¹ J_Sᵀ z_S`` is :func:`ridge_fit`, the only place it is written.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..operators import GGNLinearOperator, NTKLinearOperator, SchurComplementLinearOperator, SumGGNLinearOperator
+from .dense import DenseFactor, KernelFactor, delta_dense, direct_solve, factor_of, gram64, gram_of_source, jtv64, jv64, \
+    solve_primal_direct, woodbury_solve
+from .solve import check_norm_bound
+
+__all__ = ["fit_rhs", "ridge_fit", "fit_delta_direct", "delta_dual", "newton_step", "forget_residual", "form_delta",
+           "trapezium_scale", "FIT_D", "FIT_R"]
+
+FIT_D = "H_D (w*_D − w̄) = J_Dᵀ z_D"
+FIT_R = "H_r (w*_r − w̄) = J_rᵀ z_r"
+
+
+def _col(v):
+    return v.unsqueeze(1)
+
+
+def fit_rhs(pairs, *, float64: bool = False) -> torch.Tensor:
+    """``J_Sᵀ z_S = Σ_s J_sᵀ (Y_s − f̄_s)`` over the ``(source, Y_s)`` pairs whose rows make up ``S``."""
+    b = 0
+    for src, Y in pairs:
+        z = Y - src.outputs().reshape(-1)
+        b = b + (jtv64(src.J, z.double()) if float64 and hasattr(src, "J") else src.jtmat(_col(z))[:, 0])
+    return b.double() if float64 else b
+
+
+def _operator(sources, lam):
+    return GGNLinearOperator(sources[0], lam) if len(sources) == 1 else SumGGNLinearOperator(*sources, ridge=lam)
+
+
+def ridge_fit(pairs, lam: float, ctx, name: str, *, factor=None, direct: bool = False) -> torch.Tensor:
+    """``w*_S − w̄ = (G_S + λI)⁻¹ J_Sᵀ z_S``: the linearized ridge fit on the union ``S`` of the ``(source, Y)`` pairs.
+
+    Solved through a prepared ``factor`` (:mod:`fastntk.update.dense`), by a direct Cholesky factor when every
+    source is cached (``direct``), else by CG on :class:`~fastntk.operators.GGNLinearOperator` (one source) or
+    :class:`~fastntk.operators.SumGGNLinearOperator` (two).  The solve is recorded under ``name`` and its norm checked.
+    """
+    sources = [s for s, _ in pairs]
+    direct = direct and all(hasattr(s, "J") for s in sources)
+    b = fit_rhs(pairs, float64=factor is not None or direct)
+    if factor is None and direct:
+        J = sources[0].J if len(sources) == 1 else torch.cat([s.J for s in sources])
+        factor = factor_of(J, lam, "G_S + λI")
+    if factor is not None:
+        x = direct_solve(factor, b, ctx.rtol, ctx.solves, name)
+    else:
+        x = ctx.solve(_operator(sources, lam), b, name, key=("fit", tuple(id(s) for s in sources), lam))
+    check_norm_bound(x, b, lam, ctx.solves.get(name), name)
+    return x
+
+
+def fit_delta_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx) -> torch.Tensor:
+    """``Δ = w*_{D_r} − w*_D`` from two direct ridge fits whose factors share their Gram matrices (cached ``J``).
+
+    Parameter space (``p ≤ n_r·C``): ``G_r`` and ``G_f`` once, ``H_r = G_r + λ_r I``, ``H_D = G_r + G_f + λ_D I``.
+    Kernel space: ``K_DD = J_D J_Dᵀ`` once; ``K_rr`` is its leading principal block.
+    """
+    Jr, Jf = src_r.J, src_f.J
+    if Jr.shape[1] <= Jr.shape[0]:
+        G_r = gram64(Jr)
+        H_D = G_r + gram64(Jf)
+        H_D.diagonal().add_(lam_D)
+        G_r.diagonal().add_(lam_r)
+        f_D, f_r = DenseFactor(H_D, lam_D, what="G_D + λI"), DenseFactor(G_r, lam_r, what="G_r + λI")
+    else:
+        JD = torch.cat([Jr, Jf])
+        K = gram64(JD, side="samples")
+        f_D, f_r = KernelFactor(JD, K, lam_D), KernelFactor(Jr, K[: Jr.shape[0], : Jr.shape[0]], lam_r)
+    x_D = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, factor=f_D)
+    x_r = ridge_fit([(src_r, Y_r)], lam_r, ctx, FIT_R, factor=f_r)
+    return (x_r - x_D).to(src_r.dtype)
+
+
+def delta_dual(src_r, src_f, Y_r, Y_f, lam, ctx):
+    """The dual form (module docstring): ``(Δ, w_{D_r} − w̄)``."""
+    z_r = Y_r - src_r.outputs().reshape(-1)
+    z_f = Y_f - src_f.outputs().reshape(-1)
+    K_rr = NTKLinearOperator(src_r, lam)
+    key = ("K", id(src_r))
+    a_r = ctx.solve(K_rr, z_r, "K_rr z_r", key=key)
+    w_ret = src_r.jtmat(_col(a_r))[:, 0]  # w_{D_r} − w̄
+    V = -z_f + src_f.jmat(_col(w_ret))[:, 0]  # f_lin(X_f; w_{D_r}) − Y_f
+    inner = lambda b: ctx.solve(K_rr, b, "inner K_rr", rtol=ctx.rtol * 1e-2, key=key, quiet=True)  # noqa: E731
+    S = SchurComplementLinearOperator(src_f, src_r, inner, lam)
+    u = src_f.jtmat(_col(ctx.solve(S, V, "Schur M V")))[:, 0]
+    Pu = u - src_r.jtmat(_col(ctx.solve(K_rr, src_r.jmat(_col(u))[:, 0], "K_rr J_r u", key=key)))[:, 0]
+    return Pu, w_ret
+
+
+def forget_residual(src_f, Y_f, w, w_bar):
+    """``f_lin(X_f; w) − Y_f = f̄_f + J_f (w − w̄) − Y_f``."""
+    r = src_f.outputs().reshape(-1) - Y_f
+    d = w - w_bar
+    if float(d.abs().max()) > 0:
+        r = r + src_f.jmat(_col(d.to(r.dtype)))[:, 0]
+    return r
+
+
+def newton_step(src_r, g, lam, ctx, *, direct=False, name="H_r Δ = J_fᵀ r_f", key=None):
+    """``Δ = (G_r + λI)⁻¹ g`` by a direct factor (cached ``J_r``) or CG; the solve's norm is checked."""
+    if direct and hasattr(src_r, "J"):
+        delta = solve_primal_direct(src_r, g, lam, ctx, name)
+    else:
+        delta = ctx.solve(GGNLinearOperator(src_r, lam), g, name, key=key or ("H", id(src_r), lam))
+    check_norm_bound(delta, g, lam, ctx.solves.get(name), name)
+    return delta
+
+
+def _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D):
+    n_r, C, p = src_r.n, src_r.C, src_r.p
+    if plan.anchor == "fit":
+        if plan.direct and hasattr(src_r, "J") and hasattr(src_f, "J") and (p <= n_r * C or (n_r + src_f.n) * C <= plan.direct_limit):
+            return fit_delta_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx)
+        dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, direct=plan.direct)
+        r_f = forget_residual(src_f, Y_f, w_bar + dD.to(w_bar.dtype), w_bar)  # at w*_D
+    elif plan.anchor == "trained":
+        r_f = forget_residual(src_f, Y_f, w_trained, w_bar)
+    else:  # −∇L_r(w) = J_rᵀ(Y_r − f_lin(X_r; w)) − λ(w − w̄)
+        d = w_trained - w_bar
+        z = Y_r - src_r.outputs().reshape(-1) - src_r.jmat(_col(d))[:, 0]
+        return newton_step(src_r, src_r.jtmat(_col(z))[:, 0] - lam_r * d, lam_r, ctx, direct=plan.direct)
+    return newton_step(src_r, src_f.jtmat(_col(r_f))[:, 0], lam_r, ctx, direct=plan.direct)
+
+
+def _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timings):
+    t = time.perf_counter()
+    Jf = src_f.dense()
+    H = gram_of_source(src_r) + gram64(Jf)  # J_r is never held whole when streaming (sample chunks)
+    H.diagonal().add_(lam_D)
+    factor = DenseFactor(H, lam_D, keep_matrix=False)
+    del H
+    timings["factor"] = time.perf_counter() - t
+    if plan.anchor == "fit":
+        dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, factor=factor)
+        r_f = src_f.outputs().reshape(-1).double() + jv64(Jf, dD) - Y_f.double()
+    else:
+        r_f = forget_residual(src_f, Y_f, w_trained, w_bar)
+    return woodbury_solve(factor, Jf, jtv64(Jf, r_f.double()), ctx).to(src_r.dtype)
+
+
+def form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam, timings):
+    """``(Δ, w_{D_r} or None, space)`` of ``plan.form`` (module docstring)."""
+    lam_r, lam_D = plan.ridges(lam, src_r.n, src_f.n)
+    if plan.form == "dual":
+        delta, w_ret = delta_dual(src_r, src_f, Y_r, Y_f, lam_r, ctx)
+        return delta, w_bar + w_ret, "dual"
+    if plan.form == "primal":
+        return _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D), None, "primal"
+    if plan.form == "woodbury":
+        return _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timings), None, "forget"
+    t = time.perf_counter()
+    delta, w_ret = delta_dense(src_r, src_f, Y_r, Y_f, w_bar, lam_r)
+    from ..solvers import SolveResult
+
+    ctx.solves["dense"] = SolveResult.direct(delta, residual_norm=0.0, rhs_norm=0.0, seconds=time.perf_counter() - t,
+                                             method="numpy.linalg.solve", backend="numpy")
+    return delta, w_ret, "dual"
+
+
+def trapezium_scale(delta, w_trained, w_ret_abs) -> float:
+    """Golatkar et al.'s "trapezium" rescale of Δ.
+
+    With ``e = w_trained − w_{D_r}`` and ``cos = ⟨Δ/‖Δ‖, e/‖e‖⟩``: if ``cos < 0``, ``φ = arccos(cos) − π/2`` and
+    ``‖Δ‖* = ‖Δ‖ + 2 sin(φ)‖e‖``; else ``φ = arccos(cos)`` and ``‖Δ‖* = ‖Δ‖ + 2 cos(φ)‖e‖``.  The scale is ``‖Δ‖*/‖Δ‖``.
+    """
+    e, d = (w_trained - w_ret_abs).double(), delta.double()
+    nd, ne = float(d.norm()), float(e.norm())
+    if nd == 0 or ne == 0:
+        return 1.0
+    inner = max(-1.0, min(1.0, float(d @ e) / (nd * ne)))
+    if inner < 0:
+        return (nd + 2 * math.sin(math.acos(inner) - math.pi / 2) * ne) / nd
+    return (nd + 2 * math.cos(math.acos(inner)) * ne) / nd

@@ -1,0 +1,236 @@
+"""``unlearn()``: one deletion request, from the options to the result.
+
+1. options (:mod:`fastntk.update.options`) built and validated;
+2. the plan, stage 1 (:func:`fastntk.update.plan.plan_variant`): variant from ``trained_with``, refused combinations;
+3. the inputs read and checked (:mod:`fastntk.update.inputs`); the plan, stage 2 (:func:`~fastntk.update.plan.plan_sizes`);
+4. the route: MSE -- ridge, Jacobians, one form (:mod:`fastntk.update.forms`), scale, further steps
+   (:mod:`fastntk.update.steps`); CE -- tilted Newton steps (:mod:`fastntk.update.tilted`);
+5. the do-no-harm check (:mod:`fastntk.update.guard`), the result, and only then (``inplace``) the write.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInputError, NumericalError
+from ..operators import make_jacobian
+from ..precision import with_strict_precision
+from .forms import form_delta, ridge_fit, trapezium_scale
+from .guard import check_no_harm, retain_sample
+from .inputs import check_labels, check_model, check_overlap, check_scalar, linearization_point, num_outputs, targets, xy
+from .newton import NewtonOptions
+from .objective import NetworkObjective, loss_of
+from .options import UnlearnOptions, build_options
+from .plan import plan_sizes, plan_variant
+from .policy import ce_anchor
+from .result import UnlearnResult
+from .ridge import match_ridge
+from .solve import SolveContext
+from .steps import relinearized_steps
+from .tilted import tilted_newton
+
+log = logging.getLogger("fastntk")
+
+__all__ = ["unlearn"]
+
+
+@dataclass
+class Inputs:
+    """The checked inputs of one request."""
+
+    X_r: torch.Tensor
+    y_r: torch.Tensor
+    X_f: torch.Tensor
+    y_f: torch.Tensor
+    w_trained: torch.Tensor
+    w_bar: torch.Tensor
+    C: int
+
+    @property
+    def n_r(self) -> int:
+        return int(self.X_r.shape[0])
+
+    @property
+    def n_f(self) -> int:
+        return int(self.X_f.shape[0])
+
+
+def _read_inputs(model, peft, retain, forget, opts, plan, w0) -> Inputs:
+    check_model(model, peft)
+    X_r, y_r = xy(retain, "retain")
+    X_f, y_f = xy(forget, "forget")
+    if opts.check_overlap:
+        check_overlap(X_r, X_f)
+    w_trained = peft.vector()
+    if w0 is not None:
+        peft.check_vector(w0, name="w0")
+    w_bar = linearization_point(peft, plan.linearize_at, w0, w_trained)
+    C = num_outputs(peft, w_bar, X_f)
+    check_labels(y_r, C, "retain")
+    check_labels(y_f, C, "forget")
+    return Inputs(X_r, y_r, X_f, y_f, w_trained, w_bar, C)
+
+
+def _check_ridge(ridge, route: str):
+    if ridge == "auto" or (route == "ce" and ridge == "stationarity"):
+        return ridge
+    return check_scalar("ridge", ridge, positive=route == "ce", nonneg=True)
+
+
+def _harm_check(peft, inp: Inputs, trained_with, delta, w0, harm, target_scale):
+    """The do-no-harm check (:mod:`fastntk.update.guard`) on a fixed retain sample with the training loss."""
+    if trained_with == "linearized-mse" and w0 is None:
+        raise InvalidInputError("trained_with='linearized-mse' needs w0 (the linearization point) for the do-no-harm check")
+    idx = torch.as_tensor(retain_sample(inp.n_r, harm.samples))
+    obj = NetworkObjective(peft, inp.X_r[idx], inp.y_r[idx], loss=loss_of(trained_with), target_scale=target_scale,
+                           linearized_at=w0 if trained_with == "linearized-mse" else None)
+    return check_no_harm(obj, inp.w_trained, delta, harm)
+
+
+# ------------------------------------------------------------------------------------------------ the MSE route
+def _mse_ridge(plan, opts, peft, inp: Inputs, ridge, w0, timings) -> tuple[float, dict | None]:
+    if ridge != "auto":
+        return float(ridge), None
+    t = time.perf_counter()
+    lam, info = match_ridge(peft, (torch.cat([inp.X_r, inp.X_f]), torch.cat([inp.y_r, inp.y_f])), w_trained=inp.w_trained,
+                            w0=w0, target_scale=opts.target_scale, memory_budget=opts.jacobian.memory_budget)
+    timings["ridge"] = time.perf_counter() - t
+    plan.choose("ridge", lam, f"ridge='auto': matched ridge λ = {lam:.4g} (the λ whose linearized MSE fit at w0 best "
+                              "reproduces the trained outputs, match_ridge)")
+    return lam, info
+
+
+def _first_update(plan, opts, ctx, peft, inp: Inputs, lam, timings, progress):
+    """The first update ``s·Δ`` of ``plan.form``: ``(s·Δ, s, space, strategy)``; the Jacobians are freed on return."""
+    jac, t = opts.jacobian, time.perf_counter()
+    src_r, src_f = (make_jacobian(peft, X, w=inp.w_bar, loss="mse", strategy=jac.strategy, memory_budget=jac.memory_budget,
+                                  batch_size=jac.batch_size, progress=progress) for X in (inp.X_r, inp.X_f))
+    plan.choose("strategy", src_r.strategy, getattr(src_r, "reason", ""))
+    timings["jacobian"] = time.perf_counter() - t
+    t = time.perf_counter()
+    Y_r, Y_f = (targets(y, inp.C, opts.target_scale, peft.dtype, peft.device) for y in (inp.y_r, inp.y_f))
+    delta, w_ret, space = form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, inp.w_trained, inp.w_bar, lam, timings)
+    s = 1.0 if opts.scale is None else opts.scale
+    if opts.scale == "trapezium":
+        lam_r, _ = plan.ridges(lam, inp.n_r, inp.n_f)
+        if w_ret is None:
+            w_ret = inp.w_bar + ridge_fit([(src_r, Y_r)], lam_r, ctx, "retain fit (trapezium)", direct=plan.direct).to(peft.dtype)
+        s = trapezium_scale(delta, inp.w_trained, w_ret)
+        plan.choose("scale", s, f"trapezium rescale = {s:.4g}")
+    timings["solve"] = time.perf_counter() - t
+    delta = delta.to(peft.dtype)
+    if not torch.isfinite(delta).all():
+        raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge or check the data")
+    return s * delta, float(s), space, src_r.strategy
+
+
+def _run_mse(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.Tensor, float, dict]:
+    timings = {}
+    lam, ridge_info = _mse_ridge(plan, opts, peft, inp, ridge, w0, timings)
+    lam_r, _ = plan.ridges(lam, inp.n_r, inp.n_f)
+    ctx = SolveContext.from_options(opts.solve, rtol=plan.rtol, progress=progress)
+    step, s, space, strategy = _first_update(plan, opts, ctx, peft, inp, lam, timings, progress)
+    w_new = inp.w_trained + step
+    if not torch.isfinite(w_new).all():
+        raise NumericalError("the unlearned parameters overflow; the model was not changed")
+    info = {"ridge": lam, "ridge_effective": lam_r, "steps": plan.steps, "ridge_selection": ridge_info}
+    w_new = relinearized_steps(plan, opts, ctx, peft, (inp.X_r, inp.y_r), w_new, inp.w_bar, lam_r, inp.C, timings, info, progress)
+    out = dict(form=plan.form, strategy=strategy, space=space, loss="mse", timings=timings, solves=ctx.solves, info=info)
+    return w_new - inp.w_trained, s, out
+
+
+# ------------------------------------------------------------------------------------------------ the CE route
+def _newton_options(plan, opts) -> NewtonOptions:
+    """Exactly ``steps`` Newton steps when given; else the stopping rule (the growth test guards the tilted objective)."""
+    if opts.newton is not None:
+        newton = opts.newton
+        plan.choose("steps", "newton", f"newton={newton} given")
+    elif plan.steps == "auto":
+        newton = NewtonOptions(line_search=opts.line_search, stop_on_growth=plan.anchor == "trained")
+        plan.choose("steps", "auto", f"steps='auto': Newton steps until δ²_k ≤ {newton.rel_decrement}·δ²_1 "
+                                     f"(at most {newton.max_steps})")
+    else:
+        newton = NewtonOptions(max_steps=int(plan.steps), rel_decrement=0.0, line_search=opts.line_search, stop_on_growth=False)
+        plan.choose("steps", plan.steps, f"steps={plan.steps} requested: exactly {plan.steps} Newton steps unless the line "
+                                         "search stops")
+    return newton
+
+
+def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.Tensor, float, dict]:
+    if plan.anchor == "by-request":
+        plan.anchor = plan.choose("anchor", *ce_anchor(inp.y_r, inp.y_f))
+    newton = _newton_options(plan, opts)
+    ctx = SolveContext.from_options(opts.solve, rtol=plan.rtol, progress=progress)
+    log.info("fastntk: unlearn (CE) n_r=%d n_f=%d C=%d p=%d anchor=%s", inp.n_r, inp.n_f, inp.C, peft.p, plan.anchor)
+    r = tilted_newton(peft, (inp.X_r, inp.y_r), (inp.X_f, inp.y_f), w_trained=inp.w_trained, w0=w0, loss="ce", ridge=ridge,
+                      newton=newton, jac=dataclasses.replace(opts.jacobian, progress=progress), ctx=ctx,
+                      tilt=plan.anchor == "trained")
+    plan.choose("ridge", r.ridge, r.ridge_info["rule"] + f": λ = {r.ridge:.4g}")
+    plan.choose("strategy", r.strategy.split(" ")[0], r.strategy)
+    plan.choose("solver", "direct" if r.solver.startswith("direct") else "cg", r.solver)
+    plan.choose("stop", r.newton.steps, f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}")
+    delta = r.w - inp.w_trained
+    if not torch.isfinite(delta).all():
+        raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge")
+    info = {"ridge": r.ridge, "ridge_effective": r.ridge, "steps": r.newton.steps, "newton": r.newton.summary(),
+            "ridge_selection": r.ridge_info, "grad_forget_norm": r.grad_forget_norm}
+    out = dict(form="primal", strategy=r.strategy.split(" ")[0], space="primal", loss="ce", timings=dict(r.timings),
+               solves=ctx.solves, info=info)
+    return delta, 1.0, out
+
+
+# ------------------------------------------------------------------------------------------------ the entry point
+def _record_solver_plan(plan, opts) -> None:
+    s = opts.solve
+    iterative = plan.choices.get("solver", {}).get("value") in ("cg", "auto")
+    plan.choose("backend", s.backend, "backend='auto': CG on the operators' torch tensors, on their device (no host copy)"
+                if s.backend == "auto" else f"backend={s.backend!r} requested")
+    plan.choose("preconditioner", s.preconditioner, f"preconditioner={s.preconditioner!r}" +
+                ("" if iterative or s.preconditioner in (None, "none") else " (used only by iterative solves)"))
+
+
+@with_strict_precision
+def unlearn(model: torch.nn.Module, peft, retain, forget, *, trained_with: str, ridge: float | str = "auto",
+            w0: torch.Tensor | None = None, options: UnlearnOptions | None = None, inplace: bool = False,
+            progress: bool = False, **option_fields) -> UnlearnResult:
+    """Remove the influence of ``forget`` from the PEFT parameters of ``model`` (docs/guide.md, docs/theory.md).
+
+    model, peft : the trained model (eval mode) and its PEFT set (``peft.model is model``).
+    retain, forget : ``(X, y)`` (or objects with ``.X``/``.y``, or Datasets of pairs): ``D_r`` and ``D_f``.
+    trained_with : ``"ce"`` (cross-entropy), ``"mse"`` (ordinary MSE fine-tuning) or ``"linearized-mse"`` (the
+        linearized model, where the update is exact).  Every ``"auto"`` resolves from it (:mod:`fastntk.update.policy`)
+        and the do-no-harm check scores the update with this loss.  Required.
+    ridge : ``λ`` (``½λ‖w − w̄‖²``), or ``"auto"`` (CE: the relative damping rule; MSE: :func:`match_ridge`, needs ``w0``);
+        CE also takes ``"stationarity"``.
+    w0 : PEFT vector before fine-tuning (the linearization point of ``linearize_at="w0"``, the ridge centre).
+    options : :class:`~fastntk.update.options.UnlearnOptions`; ``**option_fields`` are its field names or those of
+        its nested options (``form="primal", rtol=1e-12, strategy="cached", harm=HarmTolerance(...)``), applied on top.
+    inplace : write ``w_new`` into the model, only after everything succeeded (the do-no-harm check included).
+    progress : progress bars.  allow_tf32 : added by :func:`fastntk.precision.with_strict_precision` (default False).
+
+    Returns an :class:`~fastntk.update.result.UnlearnResult`; ``result.plan`` says what ran and why.
+    """
+    t_all = time.perf_counter()
+    opts = build_options(options, **option_fields)
+    plan = plan_variant(opts, trained_with)
+    ridge = _check_ridge(ridge, plan.route)
+    inp = _read_inputs(model, peft, retain, forget, opts, plan, w0)
+    plan_sizes(plan, opts, peft, ridge=ridge, w0=w0, n_r=inp.n_r, n_f=inp.n_f, C=inp.C)
+    _record_solver_plan(plan, opts)
+    delta, s, out = (_run_ce if plan.route == "ce" else _run_mse)(plan, opts, peft, inp, ridge, w0, progress)
+    t = time.perf_counter()
+    delta, chk = _harm_check(peft, inp, trained_with, delta, w0, opts.harm, opts.target_scale if plan.route == "mse" else 1.0)
+    timings = dict(out.pop("timings"), **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t_all})
+    info = {"n_retain": inp.n_r, "n_forget": inp.n_f, "C": inp.C, "p": peft.p, "linearize_at": plan.linearize_at,
+            "anchor": plan.anchor, "trained_with": trained_with, "harm_check": chk.summary(), **out.pop("info")}
+    res = UnlearnResult(delta=delta, w_new=inp.w_trained + delta, w_old=inp.w_trained, scale=s * chk.scale, timings=timings,
+                        info=info, plan=plan.choices, reasons=plan.reasons, **out)
+    if inplace:
+        peft.write(res.w_new)
+    log.info("fastntk: unlearned (form=%s, strategy=%s, |Δ|=%.3e, %d matvecs, %.2fs)", res.form, res.strategy,
+             float(delta.norm()), res.matvecs, timings["total"])
+    return res
