@@ -40,6 +40,8 @@ one column of layer-output gradients at a time.
 from __future__ import annotations
 
 import logging
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.func import jacrev, vjp, vmap
