@@ -132,8 +132,11 @@ def _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D):
     if plan.anchor == "fit":
         if plan.direct and hasattr(src_r, "J") and hasattr(src_f, "J") and (p <= n_r * C or (n_r + src_f.n) * C <= plan.direct_limit):
             return fit_delta_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx)
-        dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, direct=plan.direct)
-        r_f = forget_residual(src_f, Y_f, w_bar + dD.to(w_bar.dtype), w_bar)  # at w*_D
+        # the Newton step of the retain objective from w*_D: −∇L_r(w*_D) = J_fᵀ r_f + (λ_D − λ_r)(w*_D − w̄)
+        dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, direct=plan.direct).to(w_bar.dtype)
+        r_f = forget_residual(src_f, Y_f, w_bar + dD, w_bar)  # at w*_D
+        g = src_f.jtmat(_col(r_f))[:, 0] + (lam_D - lam_r) * dD
+        return newton_step(src_r, g, lam_r, ctx, direct=plan.direct)
     elif plan.anchor == "trained":
         r_f = forget_residual(src_f, Y_f, w_trained, w_bar)
     else:  # −∇L_r(w) = J_rᵀ(Y_r − f_lin(X_r; w)) − λ(w − w̄)
