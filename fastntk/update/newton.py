@@ -50,21 +50,29 @@ class NewtonOptions:
     max_steps : at most this many Newton steps (each: one Jacobian of D_r at the current weights + one solve).
     rel_decrement : stop once ``δ_k² ≤ rel_decrement·δ_1²``.
     line_search : Armijo backtracking (``c1``, halving ``max_backtracks`` times); off: full steps.
-    stop_on_growth : stop when the decrement grows from one step to the next (module docstring).
+    stop_on_growth : stop when the decrement grows from one step to the next (module docstring); ``None``: on the
+        tilted objective only (where it is the symptom of the saturating loss), not on the plain one.
+    curvature : ``"frozen"`` (the Gauss-Newton of the first step, at the trained weights, for every step: one Jacobian
+        of D_r in all; each step costs a gradient pass and the line search) or ``"relinearize"`` (a new Jacobian of
+        D_r at the current weights every step: closer to Newton's method, one Jacobian build per step).
+        Measured in benchmarks/bench_ce.py.
     """
 
-    max_steps: int = 5
+    max_steps: int = 8
     rel_decrement: float = 0.05
     line_search: bool = True
     c1: float = 1e-4
     max_backtracks: int = 12
-    stop_on_growth: bool = True
+    stop_on_growth: bool | None = None
+    curvature: str = "frozen"
 
     def __post_init__(self):
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
             raise InvalidInputError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
         if not (0 <= self.rel_decrement < 1):
             raise InvalidInputError(f"rel_decrement must lie in [0, 1), got {self.rel_decrement!r}")
+        if self.curvature not in ("frozen", "relinearize"):
+            raise InvalidInputError(f"curvature must be 'frozen' or 'relinearize', got {self.curvature!r}")
         if not (0 < self.c1 < 0.5) or int(self.max_backtracks) < 1:
             raise InvalidInputError("c1 must lie in (0, 0.5) and max_backtracks be >= 1")
 

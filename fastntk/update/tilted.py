@@ -16,6 +16,7 @@ gradient pass and the line search's forward passes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -139,10 +140,11 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
             info["solve"] += time.perf_counter() - t
             return x
         t = time.perf_counter()
-        src = info.pop("first_source", None) if k == 1 else None
+        src = info.get("first_source") if (k == 1 or newton.curvature == "frozen") else None
         if src is None:
             src = make_jacobian(peft, X_r, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
                                 batch_size=jac.batch_size, progress=jac.progress)
+            info["first_source"] = src if newton.curvature == "frozen" else None
         info["jacobian"] += time.perf_counter() - t
         info["strategy"] = f"{src.strategy} ({getattr(src, 'reason', '')})"
         t = time.perf_counter()
@@ -151,7 +153,12 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
         if jac.solver == "direct" and not cached:
             raise InvalidInputError("solver='direct' needs the cached Jacobian (strategy='cached' or a larger memory_budget)")
         name = f"step {k}: (G_r(w) + λI) s = −∇F_r(w)"
-        if jac.solver == "direct" or (jac.solver == "auto" and cached and small):
+        if newton.curvature == "frozen" and cached and (jac.solver == "direct" or (jac.solver == "auto" and src.p <= int(jac.direct_limit))):
+            if "factor" not in info:  # G_r(w_t) and its Cholesky factor, once for every step
+                info["factor"] = FrozenCurvature.from_source(src)
+            info["solver"] = (f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')")
+            x = info["factor"].solve(g, lam, ctx, name + " (frozen curvature)")
+        elif jac.solver == "direct" or (jac.solver == "auto" and cached and small):
             info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
                 if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
             x = solve_primal_direct(src, g, lam, ctx, name)
@@ -161,7 +168,11 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
         info["solve"] += time.perf_counter() - t
         return x
 
+    if newton.stop_on_growth is None:
+        newton = dataclasses.replace(newton, stop_on_growth=tilt)
     w, rep = gauss_newton(F_r, w_trained, solve, newton, first=first, on_step=on_step)
+    info.pop("first_source", None)
+    info.pop("factor", None)
     timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"],
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
     return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
@@ -183,6 +194,14 @@ class FrozenCurvature:
         self.J_F = J_F
         self.G_F = gram64(J_F) if J_F.shape[0] else torch.zeros_like(G_D)
         self._factor = {}
+
+    @classmethod
+    def from_source(cls, src) -> "FrozenCurvature":
+        """From a cached (loss-weighted) Jacobian source of the retain set: ``G_r = J̃_rᵀ J̃_r``, nothing forgotten."""
+        from .dense import gram64
+
+        G = gram64(src.J)
+        return cls(G, float(G.diagonal().sum()), src.J[:0])
 
     def trace(self) -> float:
         return self.trace_D - float(self.G_F.diagonal().sum())
