@@ -273,3 +273,25 @@ def test_prepared_ce_unlearner_first_step_equals_one_shot_and_sequences_commit()
     assert u.forgotten.size == f.size + 3 and len(u.history) == 2
     with pytest.raises(InvalidInputError, match="does not take"):
         Unlearner(m, peft, (X, y), trained_with="ce", w0=w0, source=object())
+
+
+def test_sketched_curvature_orthogonal_full_rank_equals_exact_and_reports_its_error():
+    """curvature_source='sketch' with an orthogonal k = C sketch is the exact G (the update equals the exact one); a
+    Rademacher k = 2 sketch reports a half-sketch error estimate and lands near the exact update."""
+    m = tiny_bn_cnn(6)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(40, 11, (3, 8, 8))
+    r, f = np.arange(32), np.arange(32, 40)
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor="trained", steps=1, rtol=1e-12, harm=HarmTolerance(enabled=False))
+    exact = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), curvature_source="exact", **kw)
+    orth = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), curvature_source="sketch", sketch_k=3, sketch_kind="orthogonal", **kw)
+    np.testing.assert_allclose(orth.delta.numpy(), exact.delta.numpy(), rtol=1e-8, atol=1e-10)
+    assert exact.info["sketch"] is None and orth.info["sketch"]["curvature"].startswith("curvature_source='sketch'")
+    rad = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), curvature_source="sketch", sketch_k=2, **kw)
+    est = rad.info["sketch"]["estimated_relative_error"]
+    true = float((rad.delta - exact.delta).norm() / exact.delta.norm())
+    assert est is not None and 0 < est and true < 1.0
+    assert rad.plan["curvature_source"]["value"] == "sketch"

@@ -50,14 +50,67 @@ class JacobianOptions:
     direct_limit: int = 4096
     solver: str = "auto"  # "auto" | "direct" | "cg"
     progress: bool = False
+    # the curvature of the CE route: "exact" (J̃ of D_r, C rows per sample), "sketch" (SketchedJacobian: sketch_k rows
+    # per sample, unbiased, k backward passes per image), "auto" (exact when J̃_r fits memory_budget, else the sketch)
+    curvature_source: str = "auto"
+    sketch_k: int = 2
+    sketch_kind: str = "rademacher"
 
     def __post_init__(self):
+        if self.curvature_source not in ("auto", "exact", "sketch"):
+            raise InvalidInputError(f"curvature_source must be 'auto', 'exact' or 'sketch', got {self.curvature_source!r}")
+        if isinstance(self.sketch_k, bool) or not isinstance(self.sketch_k, int) or self.sketch_k < 1:
+            raise InvalidInputError(f"sketch_k must be an integer >= 1, got {self.sketch_k!r}")
+        from ..operators.sketch import KINDS
+
+        if self.sketch_kind not in KINDS:
+            raise InvalidInputError(f"sketch_kind must be one of {KINDS}, got {self.sketch_kind!r}")
         if self.strategy not in ("auto", "cached", "stream"):
             raise InvalidInputError(f"strategy must be 'auto', 'cached' or 'stream', got {self.strategy!r}")
         if self.solver not in ("auto", "direct", "cg"):
             raise InvalidInputError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
         if int(self.batch_size) < 1 or int(self.direct_limit) < 0:
             raise InvalidInputError("batch_size must be >= 1 and direct_limit >= 0")
+
+
+def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int):
+    """The curvature source of the CE route at ``w`` and why: the exact loss-weighted Jacobian (cached or streamed by
+    ``jac.strategy``) or, by ``jac.curvature_source``, the unbiased sketch (:class:`fastntk.operators.SketchedJacobian`)."""
+    from ..operators import SketchedJacobian, jacobian_bytes
+
+    need = jacobian_bytes(int(X.shape[0]), C, peft.p, peft.dtype)
+    budget = float("inf") if jac.memory_budget is None else float(jac.memory_budget)
+    use = jac.curvature_source
+    if use == "auto":
+        use = "exact" if (need <= budget or jac.strategy == "stream") else "sketch"
+        why = (f"curvature_source='auto': the exact J̃ of D_r needs {need / 1e6:.0f} MB "
+               f"{'≤' if use == 'exact' else '>'} memory_budget {budget / 1e6:.0f} MB")
+        if use == "sketch":
+            why += f": sketched Gauss-Newton, k = {jac.sketch_k} rows per sample ({jac.sketch_kind}) instead of C = {C}"
+    else:
+        why = f"curvature_source={use!r} requested"
+    if use == "exact":
+        src = make_jacobian(peft, X, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
+                            batch_size=jac.batch_size, progress=jac.progress)
+        return src, why
+    src = SketchedJacobian(peft, X, k=jac.sketch_k, kind=jac.sketch_kind, loss=loss, w=w, batch_size=jac.batch_size)
+    src.reason = why
+    return src, why
+
+
+def sketch_error(src, g: torch.Tensor, lam: float) -> dict | None:
+    """The half-sketch estimate of the relative error of ``(G̃ + λI)⁻¹ g`` (two independent halves of the sketch,
+    :func:`fastntk.operators.half_sketch_error`), or ``None`` for an exact source or a sketch that cannot be halved."""
+    if getattr(src, "strategy", "") != "sketch":
+        return None
+    from ..operators import half_sketch_error
+
+    try:
+        est = half_sketch_error(src, g, lam)
+    except InvalidInputError as e:  # odd k without a subsample: no independent halves
+        return {"estimated_relative_error": None, "why": str(e)}
+    return {"estimated_relative_error": float(est.error), "half_error": float(est.half_error),
+            "rule": "‖x_a − x_b‖/(2‖x‖) from two independent half-sketches (first step)"}
 
 
 @dataclass
@@ -70,6 +123,7 @@ class TiltedResult:
     timings: dict
     strategy: str
     solver: str
+    sketch: dict | None = None
 
 
 def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
@@ -108,8 +162,7 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     elif ridge == "auto":
         # relative damping: λ = κ·tr(G_r(w_t))/p, from the first Jacobian (built anyway for the first step)
         t = time.perf_counter()
-        src = make_jacobian(peft, X_r, w=w_trained, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
-                            batch_size=jac.batch_size, progress=jac.progress)
+        src, info["curvature"] = curvature_source(peft, X_r, w_trained, loss, jac, _num_outputs(peft, X_f))
         info["jacobian"] += time.perf_counter() - t
         info["first_source"] = src
         tr = float(src.diag_ggn().double().sum())
@@ -142,9 +195,10 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
         t = time.perf_counter()
         src = info.get("first_source") if (k == 1 or newton.curvature == "frozen") else None
         if src is None:
-            src = make_jacobian(peft, X_r, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
-                                batch_size=jac.batch_size, progress=jac.progress)
+            src, info["curvature"] = curvature_source(peft, X_r, w, loss, jac, _num_outputs(peft, X_f))
             info["first_source"] = src if newton.curvature == "frozen" else None
+        if k == 1 and "sketch" not in info:
+            info["sketch"] = sketch_error(src, g, lam)
         info["jacobian"] += time.perf_counter() - t
         info["strategy"] = f"{src.strategy} ({getattr(src, 'reason', '')})"
         t = time.perf_counter()
@@ -176,7 +230,13 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"],
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
     return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
-                        strategy=info["strategy"] or "", solver=info["solver"] or "")
+                        strategy=info["strategy"] or "", solver=info["solver"] or "",
+                        sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")))
+
+
+def _num_outputs(peft, X) -> int:
+    with torch.no_grad():
+        return int(peft.functional()(peft.vector(), X[:1].to(peft.device, peft.dtype)).shape[1])
 
 
 class FrozenCurvature:
