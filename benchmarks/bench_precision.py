@@ -11,7 +11,7 @@ unlearning update on CPU, where every one of them can be reproduced bit-faithful
 * bfloat16 autocast -- the Jacobian computed under ``torch.autocast(device_type="cpu", dtype=torch.bfloat16)``;
 * bfloat16 model -- every pass (forward, tangent, backward) in bfloat16.
 
-Setting: the linearized ridge fit of MATH.md (BN + head of a small CNN, Fashion-MNIST), Δ = w*_{D_r} − w*_D by
+Setting: the linearized ridge fit of docs/theory.md (BN + head of a small CNN, Fashion-MNIST), Δ = w*_{D_r} − w*_D by
 the direct solver in float64 after each precision's Jacobian, so only the Jacobian/Gram precision differs.
 Reported: ‖Δ − Δ₆₄‖ / ‖Δ₆₄‖, the relative change of the unlearned model's test outputs, and test-label
 agreement with the float64 result.  The float32 CG tolerance (1e-4) is the yardstick: a precision whose error

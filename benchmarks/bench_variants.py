@@ -1,6 +1,6 @@
 """Which Fast-NTK variant comes closest to retraining?  One fine-tuned model, every variant, several seeds.
 
-MATH.md's variants (linearization point, MSE kernel vs cross-entropy Gauss-Newton with damping, rescaling,
+The variants of docs/theory.md (linearization point, MSE kernel vs cross-entropy Gauss-Newton with damping, rescaling,
 a second linearization step) and fastntk's own knobs (anchor, effective ridge) are applied to the same
 fine-tuned model; each is scored by its avg gap to the gold-standard retrain (same seed, same batch
 schedule), next to the noise floor (a retrain with another seed) and the cheap baselines (FT, GA,

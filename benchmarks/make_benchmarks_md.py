@@ -16,7 +16,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
-    ("demo", "End to end: `fastntk demo` (digits)", "fastntk demo --out benchmarks/results/demo  (then copy results.md to results/demo.md)"),
+    ("ce_cnn", "Cross-entropy fine-tuning (what users have): small BN CNN, 3 classes + random 10 %, every CE variant",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 --name ce_cnn"),
+    ("ce_other", "Cross-entropy fine-tuning: resnet10t (BN + head) and a ViT with visual prompts",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t fastntk_vit_tiny --classes 0 1 --random-seeds 0 --limit 2000 "
+     "--variants 'Fast-NTK (default)' 'Fast-NTK relinearized curvature' 'MSE kernel at trained (previous default)' 'Fast-NTK (prepared)' --name ce_other"),
+    ("indist_ce_class", "Indistinguishability as the field measures it: KLoM and the NeurIPS 2023 challenge F (CE, one class, N = 32)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_indistinguishable.py --n 32 --scenarios class --finetune standard --name indist_ce_class"),
+    ("jacobian_build", "Per-sample Jacobian build and sketches, in gradient passes (C = 10, 100, 1000)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_jacobian_build.py --n 32 --repeats 3 --budget-mb 512"),
+    ("demo", "End to end: `fastntk demo` (digits, CE fine-tuning; one class and random 10 %)",
+     "fastntk demo --out /tmp/demo  (then copy demo.md to benchmarks/results/demo.md)"),
     ("pipeline", "End to end: Fashion-MNIST, linearized fine-tuning (3 seeds)", "python benchmarks/bench_pipeline.py --seeds 0 1 2 --limit 10000 --epochs 4"),
     ("pipeline_standard_random", "End to end: Fashion-MNIST, ordinary fine-tuning, random 10 % (3 seeds)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py --finetune standard --scenarios random --name pipeline_standard_random"),

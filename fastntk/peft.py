@@ -1,7 +1,7 @@
 """PEFT parameter sets: which parameters are the unknowns ``w`` of the NTK.
 
 A :class:`PeftSet` wraps a model and splits its parameters into the PEFT
-parameters ``w ∈ R^p`` (MATH.md notation) and everything else, which stays
+parameters ``w ∈ R^p`` (docs/theory.md notation) and everything else, which stays
 frozen.  It gives
 
 * the named PEFT tensors (:meth:`PeftSet.params`) and ``p``;

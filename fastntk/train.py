@@ -9,7 +9,7 @@ batch left empty is skipped -- so ``finetune_peft(peft, D, drop=forget_idx,
 seed=s)`` is the gold-standard retraining on ``D_r`` of the run
 ``finetune_peft(peft, D, seed=s)``.
 
-**Objective** of :func:`finetune_peft` (MATH.md, sum-loss convention), over the
+**Objective** of :func:`finetune_peft` (docs/theory.md, sum-loss convention), over the
 ``m`` samples actually trained on (``m = n − |drop|``)::
 
     L(w) = Σ_i ℓ(f(x_i; w), y_i) + ½·ridge·‖w − w0‖²
@@ -24,7 +24,7 @@ frozen running statistics (from pretraining); only the PEFT parameters (BN
 affine weights/biases, prompts, head) train.  With ``linearized=True`` the
 trained function is ``f_lin(x; w) = f(x; w̄) + J(x)(w − w̄)``, ``w̄ = w0``,
 evaluated by one ``torch.func.jvp`` per batch (gradients flow through the
-tangent ``w − w̄``); after such training the unlearning update of MATH.md is
+tangent ``w − w̄``); after such training the unlearning update of docs/theory.md is
 exact up to solver tolerance.
 """
 from __future__ import annotations

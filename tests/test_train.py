@@ -140,7 +140,7 @@ def test_retrain_with_drop_equals_finetune_on_subset_full_batch(linearized):
 
 
 def test_linearized_mse_ridge_matches_closed_form():
-    """Linearized fine-tuning (MSE + ridge, from w0, to convergence) = the closed-form ridge fit of MATH.md."""
+    """Linearized fine-tuning (MSE + ridge, from w0, to convergence) = the closed-form ridge fit of docs/theory.md."""
     d = _data(n=12)
     m = _model()
     peft = BatchNormPeft(m, include_head=True)

@@ -1,4 +1,4 @@
-"""Truth tests of MATH.md: w_trained + Δ equals the ridge fit on D_r, for every form and strategy."""
+"""Truth tests (docs/theory.md): w_trained + Δ equals the ridge fit on D_r, for every form and strategy."""
 import hashlib
 
 import numpy as np

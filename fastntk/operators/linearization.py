@@ -1,7 +1,7 @@
 """Jacobian sources: the model linearized at ``w̄`` on a dataset.
 
 A *Jacobian source* gives the block primitives every operator is built from
-(MATH.md notation, ``J = J_S ∈ R^{nC×p}``, rows sample-major: row ``i*C + c``
+(docs/theory.md notation, ``J = J_S ∈ R^{nC×p}``, rows sample-major: row ``i*C + c``
 is ``∂f_c(x_i)/∂w`` at ``w̄``):
 
 * ``jmat(V)``   ``(p, k) -> (nC, k)``: ``J V`` (forward mode, tangents vmapped);
