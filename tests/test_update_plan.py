@@ -181,7 +181,7 @@ def test_solve_records_are_solve_results():
         assert set(res.solves) == set(res.records)
         keys = {frozenset(s) for s in res.solves.values()}
         assert len(keys) == 1  # one summary layout for direct and iterative solves
-        assert all(s["converged"] for s in res.solves.values())
+        assert all(s["converged"] and s.converged == s["converged"] for s in res.solves.values())  # keys read as attributes too
 
 
 # ---------------------------------------------------------------------------------------------- solves through unlearn

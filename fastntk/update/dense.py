@@ -119,6 +119,10 @@ class KernelFactor:
         B = B.double()
         return (B - jtv64(self.J, torch.cholesky_solve(jv64(self.J, B), self.L))) / self.ridge
 
+    def fit(self, z):
+        """``(JᵀJ + λI)⁻¹ Jᵀ z = Jᵀ (JJᵀ + λI)⁻¹ z`` without the push-through's cancellation (a ridge fit, small λ)."""
+        return jtv64(self.J, torch.cholesky_solve(z.double().unsqueeze(1), self.L))[:, 0]
+
     def residual(self, x, b) -> float:
         return float((jtv64(self.J, jv64(self.J, x)) + self.ridge * x - b).norm())
 
@@ -133,12 +137,13 @@ def factor_of(J: torch.Tensor, lam: float, what: str):
     return KernelFactor(J, gram64(J, side="samples"), lam, what=f"{what} (λ = {lam})")
 
 
-def direct_solve(factor, g, rtol: float, solves: dict, name: str, *, method: str = "cholesky", check: bool = True):
+def direct_solve(factor, g, rtol: float, solves: dict, name: str, *, method: str = "cholesky", check: bool = True, z=None):
     """``x = factor⁻¹ g`` (float64), its true residual recorded under ``name`` and (``check``) required to be within
-    ``max(rtol·‖g‖, 1e3·eps·‖g‖)`` (else :class:`NumericalError`)."""
+    ``max(rtol·‖g‖, 1e3·eps·‖g‖)`` (else :class:`NumericalError`).  ``z`` with ``g = Jᵀz`` and a kernel factor: the fit
+    form ``Jᵀ(JJᵀ + λI)⁻¹z`` (:meth:`KernelFactor.fit`)."""
     t = time.perf_counter()
     gd = g.double()
-    x = factor.solve(gd.unsqueeze(1))[:, 0]
+    x = factor.fit(z) if z is not None and hasattr(factor, "fit") else factor.solve(gd.unsqueeze(1))[:, 0]
     res, bn = factor.residual(x, gd), float(gd.norm())
     tol = rtol * bn
     record_direct(solves, name, x, residual=res, rhs_norm=bn, tolerance=tol, t0=t, method=f"{method}, {factor.space} space",

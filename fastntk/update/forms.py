@@ -21,11 +21,12 @@ import time
 import torch
 
 from ..operators import GGNLinearOperator, NTKLinearOperator, SchurComplementLinearOperator, SumGGNLinearOperator
-from .dense import DenseFactor, KernelFactor, delta_dense, direct_solve, factor_of, gram64, gram_of_source, jtv64, jv64, \
-    solve_primal_direct, woodbury_solve
+from ..solvers import SolveResult
+from .dense import DenseFactor, KernelFactor, cholesky64, delta_dense, direct_solve, factor_of, gram64, gram_of_source, \
+    jtv64, jv64, solve_primal_direct, woodbury_solve
 from .solve import check_norm_bound
 
-__all__ = ["fit_rhs", "ridge_fit", "fit_delta_direct", "delta_dual", "newton_step", "forget_residual", "form_delta",
+__all__ = ["fit_rhs", "ridge_fit", "fit_delta_direct", "kernel_solver", "delta_dual", "newton_step", "forget_residual", "form_delta",
            "trapezium_scale", "FIT_D", "FIT_R"]
 
 FIT_D = "H_D (w*_D − w̄) = J_Dᵀ z_D"
@@ -36,13 +37,14 @@ def _col(v):
     return v.unsqueeze(1)
 
 
-def fit_rhs(pairs, *, float64: bool = False) -> torch.Tensor:
-    """``J_Sᵀ z_S = Σ_s J_sᵀ (Y_s − f̄_s)`` over the ``(source, Y_s)`` pairs whose rows make up ``S``."""
-    b = 0
+def fit_rhs(pairs, *, float64: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(J_Sᵀ z_S, z_S)``, ``z_S = Y_S − f̄_S``, over the ``(source, Y_s)`` pairs whose rows make up ``S``."""
+    b, zs = 0, []
     for src, Y in pairs:
         z = Y - src.outputs().reshape(-1)
         b = b + (jtv64(src.J, z.double()) if float64 and hasattr(src, "J") else src.jtmat(_col(z))[:, 0])
-    return b.double() if float64 else b
+        zs.append(z)
+    return (b.double() if float64 else b), torch.cat(zs)
 
 
 def _operator(sources, lam):
@@ -58,12 +60,12 @@ def ridge_fit(pairs, lam: float, ctx, name: str, *, factor=None, direct: bool = 
     """
     sources = [s for s, _ in pairs]
     direct = direct and all(hasattr(s, "J") for s in sources)
-    b = fit_rhs(pairs, float64=factor is not None or direct)
+    b, z = fit_rhs(pairs, float64=factor is not None or direct)
     if factor is None and direct:
         J = sources[0].J if len(sources) == 1 else torch.cat([s.J for s in sources])
         factor = factor_of(J, lam, "G_S + λI")
     if factor is not None:
-        x = direct_solve(factor, b, ctx.rtol, ctx.solves, name)
+        x = direct_solve(factor, b, ctx.rtol, ctx.solves, name, z=z)
     else:
         x = ctx.solve(_operator(sources, lam), b, name, key=("fit", tuple(id(s) for s in sources), lam))
     check_norm_bound(x, b, lam, ctx.solves.get(name), name)
@@ -92,19 +94,39 @@ def fit_delta_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx) -> torch.Tensor:
     return (x_r - x_D).to(src_r.dtype)
 
 
-def delta_dual(src_r, src_f, Y_r, Y_f, lam, ctx):
-    """The dual form (module docstring): ``(Δ, w_{D_r} − w̄)``."""
+def kernel_solver(src_r, lam: float, ctx, *, direct: bool):
+    """``solve(b, name, inner=False) = K_rr⁻¹ b`` with ``K_rr = Θ_rr + λI``: a float64 Cholesky factor (``direct``:
+    cached ``J_r``) or CG (inner solves at ``rtol/100``); every solve recorded under its name (inner ones combined)."""
+    if not (direct and hasattr(src_r, "J")):
+        K_rr, key = NTKLinearOperator(src_r, lam), ("K", id(src_r))
+        return lambda b, name, inner=False: ctx.solve(K_rr, b, name, rtol=ctx.rtol * 1e-2 if inner else None, key=key,
+                                                      quiet=inner)
+    K = gram64(src_r.J, side="samples")
+    K.diagonal().add_(lam)
+    L = cholesky64(K, f"Θ_rr + λI (λ = {lam})")
+
+    def solve(b, name, inner=False):
+        t, bd = time.perf_counter(), b.double()
+        x = torch.cholesky_solve(bd.unsqueeze(1), L)[:, 0]
+        bn = float(bd.norm())
+        ctx.record(name, SolveResult.direct(x, residual_norm=float((K @ x - bd).norm()), rhs_norm=bn, tolerance=ctx.rtol * bn,
+                                            seconds=time.perf_counter() - t, method="cholesky, kernel space", backend="torch"),
+                   quiet=inner)
+        return x.to(b.dtype)
+
+    return solve
+
+
+def delta_dual(src_r, src_f, Y_r, Y_f, lam, ctx, *, direct: bool = False):
+    """The dual form (module docstring): ``(Δ, w_{D_r} − w̄)``; ``K_rr`` solves by :func:`kernel_solver`, ``S m = V`` by CG."""
     z_r = Y_r - src_r.outputs().reshape(-1)
     z_f = Y_f - src_f.outputs().reshape(-1)
-    K_rr = NTKLinearOperator(src_r, lam)
-    key = ("K", id(src_r))
-    a_r = ctx.solve(K_rr, z_r, "K_rr z_r", key=key)
-    w_ret = src_r.jtmat(_col(a_r))[:, 0]  # w_{D_r} − w̄
+    K_solve = kernel_solver(src_r, lam, ctx, direct=direct)
+    w_ret = src_r.jtmat(_col(K_solve(z_r, "K_rr z_r")))[:, 0]  # w_{D_r} − w̄
     V = -z_f + src_f.jmat(_col(w_ret))[:, 0]  # f_lin(X_f; w_{D_r}) − Y_f
-    inner = lambda b: ctx.solve(K_rr, b, "inner K_rr", rtol=ctx.rtol * 1e-2, key=key, quiet=True)  # noqa: E731
-    S = SchurComplementLinearOperator(src_f, src_r, inner, lam)
+    S = SchurComplementLinearOperator(src_f, src_r, lambda b: K_solve(b, "inner K_rr", inner=True), lam)
     u = src_f.jtmat(_col(ctx.solve(S, V, "Schur M V")))[:, 0]
-    Pu = u - src_r.jtmat(_col(ctx.solve(K_rr, src_r.jmat(_col(u))[:, 0], "K_rr J_r u", key=key)))[:, 0]
+    Pu = u - src_r.jtmat(_col(K_solve(src_r.jmat(_col(u))[:, 0], "K_rr J_r u")))[:, 0]
     return Pu, w_ret
 
 
@@ -166,7 +188,7 @@ def form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam, timings
     """``(Δ, w_{D_r} or None, space)`` of ``plan.form`` (module docstring)."""
     lam_r, lam_D = plan.ridges(lam, src_r.n, src_f.n)
     if plan.form == "dual":
-        delta, w_ret = delta_dual(src_r, src_f, Y_r, Y_f, lam_r, ctx)
+        delta, w_ret = delta_dual(src_r, src_f, Y_r, Y_f, lam_r, ctx, direct=plan.direct)
         return delta, w_bar + w_ret, "dual"
     if plan.form == "primal":
         return _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D), None, "primal"
@@ -174,8 +196,6 @@ def form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam, timings
         return _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timings), None, "forget"
     t = time.perf_counter()
     delta, w_ret = delta_dense(src_r, src_f, Y_r, Y_f, w_bar, lam_r)
-    from ..solvers import SolveResult
-
     ctx.solves["dense"] = SolveResult.direct(delta, residual_norm=0.0, rhs_norm=0.0, seconds=time.perf_counter() - t,
                                              method="numpy.linalg.solve", backend="numpy")
     return delta, w_ret, "dual"

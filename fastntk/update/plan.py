@@ -180,7 +180,10 @@ def _plan_form(plan, opts, n_r, n_f, C, p, dtype) -> None:
                                else "ridge_convention='mean' (retain fit n_r·λ, full fit n·λ) is computed by the primal form")
     plan.form = plan.choose("form", form, why)
     if form == "dual" and plan.direct:
-        plan.direct = plan.choose("solver", "cg", "conjugate gradients: the dual form's nested kernel solves") == "direct"
+        plan.choose("solver", "direct", f"K_rr = Θ_rr + λI by Cholesky (cached J_r, n_r·C = {n_r * C} ≤ {plan.direct_limit}); "
+                                        "the Schur system S m = V (n_f·C) by CG")
+    elif form == "dual":
+        plan.choose("solver", "cg", "conjugate gradients: K_rr solves (inner ones at rtol/100) and the Schur system S m = V")
     elif form == "woodbury":
         plan.choose("solver", "direct", "Cholesky factor of H = G_D + λI (p × p) and a dense forget-space solve (n_f·C)")
     elif form == "dense":
@@ -217,7 +220,7 @@ def plan_sizes(plan: Plan, opts, peft, *, ridge, w0, n_r: int, n_f: int, C: int)
     _plan_solver(plan, opts, cache, n_r, C, p)
     _plan_form(plan, opts, n_r, n_f, C, p, dtype)
     _plan_ridge(plan, ridge, w0, n_r, n_f, C, p)
-    plan.rtol, why = rtol_floor(opts.solve.rtol, dtype, iterative=not plan.direct)
+    plan.rtol, why = rtol_floor(opts.solve.rtol, dtype, iterative=not plan.direct or plan.form == "dual")
     plan.choose("rtol", plan.rtol, why or f"rtol={opts.solve.rtol:g}")
     log.info("fastntk: unlearn n_r=%d n_f=%d C=%d p=%d form=%s (%s)", n_r, n_f, C, p, plan.form, plan.reasons["form"])
     return plan

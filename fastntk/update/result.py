@@ -7,7 +7,17 @@ import torch
 
 from .solve import solve_summary
 
-__all__ = ["UnlearnResult"]
+__all__ = ["UnlearnResult", "SolveSummary"]
+
+
+class SolveSummary(dict):
+    """:meth:`fastntk.solvers.SolveResult.summary` of one solve; its keys also read as attributes (``s.iterations``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
 
 
 @dataclass
@@ -43,7 +53,7 @@ class UnlearnResult:
     def __post_init__(self):
         if any(hasattr(v, "summary") for v in self.solves.values()):
             self.records = dict(self.solves)
-            self.solves = {k: solve_summary(v) for k, v in self.solves.items()}
+            self.solves = {k: SolveSummary(solve_summary(v)) for k, v in self.solves.items()}
         for k, choice in self.plan.items():
             self.reasons.setdefault(k, choice["reason"])
 

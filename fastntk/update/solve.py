@@ -120,9 +120,15 @@ class SolveContext:
         finally:
             if bar is not None:
                 bar.close()
-        prev = self.solves.get(name) if quiet else None
-        self.solves[name] = res if prev is None else solvers.SolveResult.combine([prev, res], method=prev.method)
+        self.record(name, res, quiet=quiet)
         return torch.as_tensor(res.x, dtype=b.dtype, device=b.device)
+
+    def record(self, name: str, res, *, quiet: bool = False) -> None:
+        """Record ``res`` under ``name``; ``quiet`` (inner solves): combined with the earlier ones of that name."""
+        from ..solvers import SolveResult
+
+        prev = self.solves.get(name) if quiet else None
+        self.solves[name] = res if prev is None else SolveResult.combine([prev, res], method=prev.method)
 
 
 def check_norm_bound(x, b, lam, solve, name):
