@@ -90,15 +90,21 @@ class NewtonReport:
 
 
 def armijo(objective: NetworkObjective, w: torch.Tensor, step: torch.Tensor, F0: float, slope: float,
-           opts: NewtonOptions) -> tuple[float, float, int]:
-    """Largest ``t = 2^-j`` with ``F(w + t·step) ≤ F0 + c1·t·slope``: ``(t, F(w + t·step), tries)``; ``t = 0`` if none."""
+           opts: NewtonOptions, *, grad_first: bool = False) -> tuple[float, float, int, torch.Tensor | None]:
+    """Largest ``t = 2^-j`` with ``F(w + t·step) ≤ F0 + c1·t·slope``: ``(t, F(w + t·step), tries, ∇F or None)``;
+    ``t = 0`` if none.  ``grad_first``: the full step ``t = 1`` is scored with one forward + backward pass, so that
+    when it is accepted (the common case) the next Newton step reuses its gradient instead of another pass."""
     t = 1.0
     for j in range(1, int(opts.max_backtracks) + 1):
-        Ft = objective.value(w + t * step)
+        g = None
+        if j == 1 and grad_first:
+            Ft, g = objective.value_and_grad(w + t * step)
+        else:
+            Ft = objective.value(w + t * step)
         if math.isfinite(Ft) and Ft <= F0 + opts.c1 * t * slope:
-            return t, Ft, j
+            return t, Ft, j, g
         t *= 0.5
-    return 0.0, F0, int(opts.max_backtracks)
+    return 0.0, F0, int(opts.max_backtracks), None
 
 
 def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Callable, opts: NewtonOptions, *,
@@ -130,10 +136,13 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
             break
         dec0 = dec if dec0 is None else dec0
         dec_prev = dec
+        last = k == opts.max_steps
         if opts.line_search:
-            t, F_new, tries = armijo(objective, w, s, F, -dec, opts)
+            t, F_new, tries, g_new = armijo(objective, w, s, F, -dec, opts, grad_first=not last)
+        elif last:
+            t, F_new, tries, g_new = 1.0, objective.value(w + s), 1, None
         else:
-            t, F_new, tries = 1.0, objective.value(w + s), 1
+            (F_new, g_new), t, tries = objective.value_and_grad(w + s), 1.0, 1
         rep.history.append({"step": k, "objective_before": F, "objective_after": F_new, "decrement": dec, "t": t,
                             "backtracks": tries, "step_norm": float(s.norm()) * t})
         if t == 0.0:
@@ -150,7 +159,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
         if k > 1 and dec <= opts.rel_decrement * dec0:
             rep.stop_reason = f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
             break
-        F, g = objective.value_and_grad(w)
+        F, g = (F_new, g_new) if g_new is not None else objective.value_and_grad(w)
     if not rep.stop_reason:
         rep.stop_reason = "no step taken"
     return w, rep

@@ -35,7 +35,7 @@ def _step(k, plan, opts, ctx, peft, X_r, Y_r, objective, w, w_bar, lam, progress
     g = src.jtmat(z.unsqueeze(1))[:, 0] - lam * (w - w_bar)  # −∇L_r(w), J at w
     s = newton_step(src, g, lam, ctx, direct=plan.direct, name=f"step {k}: H_r(w) Δ = −∇L_r(w)", key=("step", k))
     L0 = 0.5 * float(z @ z) + 0.5 * lam * float((w - w_bar) @ (w - w_bar))
-    t_step, L1, tries = armijo(objective, w, s, L0, -float(g @ s), NewtonOptions()) if opts.line_search else (1.0, None, 0)
+    t_step, L1, tries, _ = armijo(objective, w, s, L0, -float(g @ s), NewtonOptions()) if opts.line_search else (1.0, None, 0, None)
     return t_step * s, {"step": k, "t": t_step, "objective_before": L0, "objective_after": L1, "backtracks": tries}, t_jac
 
 
