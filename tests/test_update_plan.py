@@ -78,6 +78,14 @@ def test_unknown_keyword_of_unlearn_is_refused_before_work():
         unlearn(m, peft, retain, forget, w0=w0, formm="primal", **LIN)
 
 
+def test_unknown_keyword_of_unlearner_is_refused():
+    from fastntk.unlearn import Unlearner
+
+    m, peft, retain, forget, w0, (X, y) = _problem()
+    with pytest.raises(E.InvalidInputError, match="formm"):
+        Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=0.1, w0=w0, formm="primal")
+
+
 def test_options_object_and_fields_give_the_same_update():
     m, peft, retain, forget, w0, _ = _problem()
     a = unlearn(m, peft, retain, forget, w0=w0, form="primal", rtol=1e-12, **LIN)

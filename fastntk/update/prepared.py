@@ -8,6 +8,7 @@ For ``trained_with="ce"`` the constructor returns the prepared CE route (:class:
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -70,6 +71,9 @@ class Unlearner(RequestStream):
             check_model(model, peft)
             X, y = xy(train, "training")
             return CEUnlearner(model, peft, X, y, **{k: v for k, v in kwargs.items() if k in CE_KEYS})
+        unknown = set(kwargs) - set(inspect.signature(cls.__init__).parameters)
+        if unknown:
+            raise InvalidInputError(f"Unlearner does not take {sorted(unknown)}")
         return super().__new__(cls)
 
     def __init__(self, model, peft, train, *, trained_with: str, ridge: float, w0=None, linearize_at="auto", target_scale=1.0,
