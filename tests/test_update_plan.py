@@ -284,3 +284,14 @@ def test_readme_python_examples_run(i, monkeypatch):
     y = torch.arange(130) % 10
     ns = {"X_train": X, "y_train": y, "X_retain": X[:120], "y_retain": y[:120], "X_forget": X[120:], "y_forget": y[120:]}
     exec(compile(_readme_blocks()[i], f"README.md block {i}", "exec"), ns)  # noqa: S102
+
+
+def test_module_names_reachable_as_attributes_of_the_function():
+    """``fastntk.unlearn`` is the function; the module's public names hang off it (the README's fastntk.unlearn.X)."""
+    import sys
+
+    import fastntk
+
+    module = sys.modules["fastntk.unlearn"]
+    assert callable(fastntk.unlearn) and fastntk.unlearn is module.unlearn
+    assert fastntk.unlearn.match_ridge is module.match_ridge and fastntk.unlearn.Unlearner is module.Unlearner
