@@ -157,7 +157,7 @@ def _validate(model, peft, retain_shard, forget_shard, ridge, rtol, w0, group):
 
 
 def unlearn_distributed(model, peft, retain_shard, forget_shard, *, ridge: float, w0: torch.Tensor, target_scale: float = 1.0,
-                        strategy: str = "auto", memory_budget: float | None = 2e9, batch_size: int = 128, rtol: float = 1e-8,
+                        strategy: str = "auto", memory_budget: float | None = 4e9, batch_size: int = 128, rtol: float = 1e-8,
                         maxiter: int | None = None, inplace: bool = False, group=None):
     """Data-parallel Fast-NTK update (MSE kernel at ``w0``, anchor "fit", primal form, CG).
 

@@ -78,8 +78,8 @@ class ExperimentConfig:
     strategy: str = "auto"
     solver: str = "auto"
     anchor: str = "auto"
-    memory_budget: float = 2e9
-    rtol: float = 1e-6
+    memory_budget: float = 4e9  # = fastntk.operators.linearization.DEFAULT_MEMORY_BUDGET
+    rtol: float = 1e-8  # = fastntk.update.options.DEFAULT_RTOL
     preconditioner: str = "none"
     scale: float | None = None
     # linearization steps of the one-shot update (unlearn(steps=...)): > 1 adds Gauss-Newton steps relinearized at the

@@ -424,7 +424,12 @@ class CachedJacobian(_MatrixSource):
         return self._outputs
 
 
-def make_jacobian(peft, data, *, w=None, loss: str = "mse", strategy: str = "auto", memory_budget: float | None = 2e9, batch_size: int = 128, progress: bool = False):
+#: bytes a cached Jacobian may take, the one default of every entry point (unlearn, Unlearner, match_ridge, the
+#: distributed step, the pipeline)
+DEFAULT_MEMORY_BUDGET = 4e9
+
+
+def make_jacobian(peft, data, *, w=None, loss: str = "mse", strategy: str = "auto", memory_budget: float | None = DEFAULT_MEMORY_BUDGET, batch_size: int = 128, progress: bool = False):
     """Jacobian source with the strategy chosen explicitly or by memory.
 
     ``strategy="auto"`` caches ``J`` when ``nC·p·itemsize ≤ memory_budget`` bytes,

@@ -22,6 +22,10 @@ from .guard import HarmTolerance
 from .newton import NewtonOptions
 from .tilted import JacobianOptions
 
+#: the CG tolerance of every entry point (unlearn, Unlearner, the distributed step, the pipeline); float32 operators
+#: floor it at 1e-4 (plan.rtol_floor: float32 matvecs cannot certify less)
+DEFAULT_RTOL = 1e-8
+
 __all__ = ["FORMS", "SolverOptions", "UnlearnOptions", "JacobianOptions", "HarmTolerance", "NewtonOptions",
            "build_options", "option_defaults"]
 
@@ -57,7 +61,7 @@ class SolverOptions:
     :func:`fastntk.solvers.cg`; ``backend="auto"`` runs CG on the operators' torch tensors (their device)."""
 
     solver: str = "auto"
-    rtol: float = 1e-6
+    rtol: float = DEFAULT_RTOL
     maxiter: int | None = None
     preconditioner: str | None = "none"
     precond_rank: int = 50

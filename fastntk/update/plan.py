@@ -44,7 +44,7 @@ class Plan:
     ridge_convention: str
     direct: bool = False
     direct_limit: int = 4096
-    rtol: float = 1e-6
+    rtol: float = 1e-8
     choices: dict = field(default_factory=dict)
 
     @property

@@ -15,9 +15,11 @@ import time
 import numpy as np
 import torch
 
+from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError, NumericalError
 from ..operators import make_jacobian
 from ..precision import with_strict_precision
+from .options import DEFAULT_RTOL
 from .dense import DenseFactor, cholesky64, direct_solve, gram64, jtv64, jv64, woodbury_solve
 from .forms import FIT_D, ridge_fit
 from .inputs import check_labels, check_model, check_scalar, check_source, linearization_point, targets, xy
@@ -77,7 +79,7 @@ class Unlearner(RequestStream):
         return super().__new__(cls)
 
     def __init__(self, model, peft, train, *, trained_with: str, ridge: float, w0=None, linearize_at="auto", target_scale=1.0,
-                 anchor="auto", strategy="auto", memory_budget: float | None = 4e9, batch_size=128, rtol=1e-8, progress=False,
+                 anchor="auto", strategy="auto", memory_budget: float | None = DEFAULT_MEMORY_BUDGET, batch_size=128, rtol=DEFAULT_RTOL, progress=False,
                  source=None):
         variant, self.reasons = resolve_variant(trained_with, linearize_at=linearize_at, anchor=anchor, loss="mse", steps=1)
         linearize_at, self.anchor, self.trained_with = variant["linearize_at"], variant["anchor"], trained_with

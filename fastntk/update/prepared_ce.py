@@ -17,8 +17,10 @@ import time
 import numpy as np
 import torch
 
+from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError
 from ..operators import make_jacobian
+from .options import DEFAULT_RTOL
 from .guard import HarmTolerance, check_no_harm, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
@@ -43,8 +45,8 @@ class CEUnlearner(RequestStream):
     """
 
     def __init__(self, model, peft, X, y, *, w0=None, ridge="auto", newton: NewtonOptions | None = None,
-                 harm: HarmTolerance | None = None, memory_budget: float | None = 4e9, batch_size: int = 128,
-                 rtol: float = 1e-8, progress: bool = False):
+                 harm: HarmTolerance | None = None, memory_budget: float | None = DEFAULT_MEMORY_BUDGET, batch_size: int = 128,
+                 rtol: float = DEFAULT_RTOL, progress: bool = False):
         if ridge != "auto" and not (isinstance(ridge, (int, float)) and ridge > 0):
             raise InvalidInputError(f"ridge must be 'auto' or a positive number, got {ridge!r}")
         if w0 is not None:

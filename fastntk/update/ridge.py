@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..operators import make_jacobian
+from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..precision import with_strict_precision
 from .dense import gram64, jtv64, jv64
 from .inputs import check_source, targets, xy
@@ -18,7 +19,7 @@ __all__ = ["match_ridge"]
 
 @with_strict_precision
 def match_ridge(peft, train, *, w_trained: torch.Tensor, w0: torch.Tensor, grid=None, target_scale: float = 1.0,
-                memory_budget: float | None = 2e9, batch_size: int = 128, source=None) -> tuple[float, dict]:
+                memory_budget: float | None = DEFAULT_MEMORY_BUDGET, batch_size: int = 128, source=None) -> tuple[float, dict]:
     """The ridge whose linearized fit on ``D`` best reproduces the trained model: the *effective* ridge.
 
     Fine-tuning stops early, so the trained weights are not the ridge fit of the training ridge; the unlearning

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..operators import GGNLinearOperator, make_jacobian
+from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from .newton import NewtonOptions, NewtonReport, gauss_newton, stationarity_ridge
 from .objective import NetworkObjective
 from .dense import solve_primal_direct
@@ -45,7 +46,7 @@ class JacobianOptions:
     ``min(p, nC) ≤ direct_limit``."""
 
     strategy: str = "auto"
-    memory_budget: float | None = 2e9
+    memory_budget: float | None = DEFAULT_MEMORY_BUDGET
     batch_size: int = 128
     direct_limit: int = 4096
     solver: str = "auto"  # "auto" | "direct" | "cg"
@@ -145,93 +146,114 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     center = w_trained.detach().clone() if (w0 is None or center == "trained") else w0.detach()
     if ridge == "stationarity" and w0 is None:
         raise InvalidInputError("ridge='stationarity' needs w0, the PEFT vector before fine-tuning; or pass ridge=")
-    plain_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size)
-    plain_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size)
-    L_r, g_r = plain_r.value_and_grad(w_trained)
-    _, g_f = plain_f.value_and_grad(w_trained)
-    g_D = g_r + g_f
+    L_r, g_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)
+    g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
     t_grad = time.perf_counter() - t0
-    info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0, "first_source": None}
+    steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f))
+    lam, rinfo = _select_ridge(ridge, g_r + g_f, w_trained, center, steps)
+    F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt)
+    steps.lam = lam
+    if newton.stop_on_growth is None:
+        newton = dataclasses.replace(newton, stop_on_growth=tilt)
+    w, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
+    info = steps.info
+    timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"],
+               "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
+    return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
+                        strategy=info["strategy"] or "", solver=info["solver"] or "",
+                        sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")))
+
+
+def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: torch.Tensor, steps: "_StepSolver"):
+    """``(λ, how)``: given, the stationarity ridge, or the relative rule ``κ·tr(G_r(w_t))/p`` (from the first curvature)."""
     if ridge == "stationarity":
         lam, rinfo = stationarity_ridge(g_D, w_trained - center)
         log.info("fastntk: stationarity ridge λ = %.4g (relative residual %.3f)", lam, rinfo["relative_residual"])
-    elif ridge == "auto" and curvature is not None:
-        lam = RELATIVE_RIDGE * curvature.trace() / w_trained.numel()
-        rinfo = {"ridge": lam, "rule": f"relative: λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g} (benchmarks/bench_ce.py)",
-                 "trace_over_p": curvature.trace() / w_trained.numel(), "kappa": RELATIVE_RIDGE}
     elif ridge == "auto":
-        # relative damping: λ = κ·tr(G_r(w_t))/p, from the first Jacobian (built anyway for the first step)
-        t = time.perf_counter()
-        src, info["curvature"] = curvature_source(peft, X_r, w_trained, loss, jac, _num_outputs(peft, X_f))
-        info["jacobian"] += time.perf_counter() - t
-        info["first_source"] = src
-        tr = float(src.diag_ggn().double().sum())
-        lam = RELATIVE_RIDGE * tr / src.p
+        tr = steps.trace(w_trained)
+        lam = RELATIVE_RIDGE * tr / w_trained.numel()
         rinfo = {"ridge": lam, "rule": f"relative: λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g} (benchmarks/bench_ce.py)",
-                 "trace_over_p": tr / src.p, "kappa": RELATIVE_RIDGE}
+                 "trace_over_p": tr / w_trained.numel(), "kappa": RELATIVE_RIDGE}
         if not lam > 0:
             raise InvalidInputError("the Gauss-Newton of the retain set is zero at the trained weights (tr G_r = 0); pass ridge=")
     else:
         lam, rinfo = float(ridge), {"ridge": float(ridge), "rule": "given"}
     if not lam > 0:
         raise InvalidInputError(f"the Gauss-Newton steps need ridge > 0, got {lam}")
-    d = w_trained - center
-    if tilt:
-        b = g_D + lam * d
-        F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
-                               tilt=b, tilt_ref=w_trained.detach().clone(), batch_size=batch_size)
-        first = (L_r + 0.5 * lam * float(d @ d), -g_f)  # F_r(w_t) (tilt term 0 at w_ref) and ∇F_r(w_t) = −g_f
-    else:
-        F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center, batch_size=batch_size)
-        first = (L_r + 0.5 * lam * float(d @ d), g_r + lam * d)
+    return lam, rinfo
 
-    def solve(w, g, k):
-        if curvature is not None:
-            t = time.perf_counter()
-            info["strategy"], info["solver"] = curvature.strategy, curvature.method
-            x = curvature.solve(g, lam, ctx, f"step {k}: (G_r(w_t) + λI) s = −∇F_r(w) (frozen curvature)")
+
+def _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt):
+    """``(F_r, (F_r(w_t), ∇F_r(w_t)))``: the tilted (``b = g_D + λ(w_t − c)``, ``∇F_r(w_t) = −g_f``) or plain objective."""
+    d = w_trained - center
+    F0 = L_r + 0.5 * lam * float(d @ d)  # the tilt term is 0 at its reference w_t
+    if tilt:
+        F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
+                               tilt=g_r + g_f + lam * d, tilt_ref=w_trained.detach().clone(), batch_size=batch_size)
+        return F_r, (F0, -g_f)
+    F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center, batch_size=batch_size)
+    return F_r, (F0, g_r + lam * d)
+
+
+class _StepSolver:
+    """``(G_r(w) + λI) s = g`` for Newton step ``k``: the curvature source at ``w`` (rebuilt per step, kept when
+    ``curvature='frozen'``, or a given frozen curvature), solved directly (cached ``J``, small system) or by CG; the
+    bookkeeping (what ran, seconds, the half-sketch estimate of the first step) in ``info``."""
+
+    def __init__(self, peft, X_r, loss, jac, newton, ctx, curvature, C):
+        self.peft, self.X_r, self.loss, self.jac, self.newton, self.ctx, self.curvature, self.C = (
+            peft, X_r, loss, jac, newton, ctx, curvature, C)
+        self.lam = None
+        self.src = None  # the current curvature source (kept across steps when frozen)
+        self.factor = None
+        self.info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0}
+
+    def _source(self, w):
+        t = time.perf_counter()
+        self.src, self.info["curvature"] = curvature_source(self.peft, self.X_r, w, self.loss, self.jac, self.C)
+        self.info["jacobian"] += time.perf_counter() - t
+        return self.src
+
+    def trace(self, w) -> float:
+        """``tr G_r`` at ``w`` (the given frozen curvature's, or that of the first source, built here and kept)."""
+        if self.curvature is not None:
+            return self.curvature.trace()
+        return float(self._source(w).diag_ggn().double().sum())
+
+    def __call__(self, w, g, k):
+        info, jac = self.info, self.jac
+        t = time.perf_counter()
+        if self.curvature is not None:
+            info["strategy"], info["solver"] = self.curvature.strategy, self.curvature.method
+            x = self.curvature.solve(g, self.lam, self.ctx, f"step {k}: (G_r(w_t) + λI) s = −∇F_r(w) (frozen curvature)")
             info["solve"] += time.perf_counter() - t
             return x
-        t = time.perf_counter()
-        src = info.get("first_source") if (k == 1 or newton.curvature == "frozen") else None
-        if src is None:
-            src, info["curvature"] = curvature_source(peft, X_r, w, loss, jac, _num_outputs(peft, X_f))
-            info["first_source"] = src if newton.curvature == "frozen" else None
+        src = self.src if (self.src is not None and (k == 1 or self.newton.curvature == "frozen")) else self._source(w)
         if k == 1 and "sketch" not in info:
-            info["sketch"] = sketch_error(src, g, lam)
-        info["jacobian"] += time.perf_counter() - t
+            info["sketch"] = sketch_error(src, g, self.lam)
         info["strategy"] = f"{src.strategy} ({getattr(src, 'reason', '')})"
         t = time.perf_counter()
         cached = hasattr(src, "J")
-        small = min(src.p, src.nC) <= int(jac.direct_limit)
         if jac.solver == "direct" and not cached:
             raise InvalidInputError("solver='direct' needs the cached Jacobian (strategy='cached' or a larger memory_budget)")
         name = f"step {k}: (G_r(w) + λI) s = −∇F_r(w)"
-        if newton.curvature == "frozen" and cached and (jac.solver == "direct" or (jac.solver == "auto" and src.p <= int(jac.direct_limit))):
-            if "factor" not in info:  # G_r(w_t) and its Cholesky factor, once for every step
-                info["factor"] = FrozenCurvature.from_source(src)
-            info["solver"] = (f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')")
-            x = info["factor"].solve(g, lam, ctx, name + " (frozen curvature)")
-        elif jac.solver == "direct" or (jac.solver == "auto" and cached and small):
+        direct_ok = jac.solver == "direct" or (jac.solver == "auto" and cached)
+        if self.newton.curvature == "frozen" and direct_ok and src.p <= max(int(jac.direct_limit), 0 if jac.solver == "auto" else src.p):
+            if self.factor is None:  # G_r(w_t) and its Cholesky factor, once for every step
+                self.factor = FrozenCurvature.from_source(src)
+            info["solver"] = f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')"
+            x = self.factor.solve(g, self.lam, self.ctx, name + " (frozen curvature)")
+        elif jac.solver == "direct" or (direct_ok and min(src.p, src.nC) <= int(jac.direct_limit)):
             info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
                 if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
-            x = solve_primal_direct(src, g, lam, ctx, name)
+            x = solve_primal_direct(src, g, self.lam, self.ctx, name)
         else:
             info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
-            x = ctx.solve(GGNLinearOperator(src, lam), g, name)
+            x = self.ctx.solve(GGNLinearOperator(src, self.lam), g, name)
+        if self.newton.curvature != "frozen":
+            self.src = None  # relinearized: the next step builds its own
         info["solve"] += time.perf_counter() - t
         return x
-
-    if newton.stop_on_growth is None:
-        newton = dataclasses.replace(newton, stop_on_growth=tilt)
-    w, rep = gauss_newton(F_r, w_trained, solve, newton, first=first, on_step=on_step)
-    info.pop("first_source", None)
-    info.pop("factor", None)
-    timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"],
-               "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
-    return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
-                        strategy=info["strategy"] or "", solver=info["solver"] or "",
-                        sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")))
 
 
 def _num_outputs(peft, X) -> int:
