@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .data import ImageData
 from .errors import ForgetSetError, InvalidInputError, NumericalError
 from .peft import PeftSet, eval_mode
-from .train import TrainLog, _make_optimizer, _progress, batch_schedule, finetune_peft
+from .train import TrainLog, batch_schedule, finetune_peft, make_optimizer, progress_bar
 
 __all__ = ["BaselineResult", "retrain", "finetune_retain", "gradient_ascent", "neggrad_plus", "scrub", "salun", "l1_sparse",
            "saliency_mask", "select_hyperparameters", "validation_objective", "HPSelection", "HP_GRIDS"]
@@ -159,21 +159,21 @@ def _ascent_loop(
 
     With ``linearize_at=w̄`` the linearized model ``f(x; w̄) + J(x)(w − w̄)`` is trained (after linearized fine-tuning).
     """
-    from .train import _linearized
+    from .train import linearized_function as _linearized
 
     w = peft.check_vector(w_trained, name="w_trained").detach().clone().requires_grad_(True)
     f = peft.functional()
     if linearize_at is not None:
         f = _linearized(f, peft.check_vector(linearize_at, name="linearize_at").detach())
     X, y = data.X.to(peft.dtype), data.y
-    opt = _make_optimizer([w], optimizer, lr)
+    opt = make_optimizer([w], optimizer, lr)
     log = TrainLog(n_samples=len(forget) if alpha is None else len(data),
                    config=dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, alpha=alpha, optimizer=optimizer))
     rt, ft = torch.as_tensor(retain), torch.as_tensor(forget)
     main = ft if alpha is None else rt
     nb = math.ceil(len(main) / batch_size)
     t0 = time.perf_counter()
-    with eval_mode(peft.model), _progress(int(epochs) * nb, desc, progress) as bar:
+    with eval_mode(peft.model), progress_bar(int(epochs) * nb, desc, progress) as bar:
         for epoch in range(int(epochs)):
             tot, cnt = 0.0, 0
             fb = batch_schedule(len(ft), batch_size, epoch, seed + 7919)
@@ -258,7 +258,7 @@ def neggrad_plus(
 
 
 def _peft_function(peft: PeftSet, linearize_at: torch.Tensor | None):
-    from .train import _linearized
+    from .train import linearized_function as _linearized
 
     f = peft.functional()
     if linearize_at is not None:
@@ -284,10 +284,10 @@ def _phase_loop(peft: PeftSet, *, w_trained: torch.Tensor, epochs: int, lr: floa
         raise InvalidInputError(f"epochs must be >= 1, got {epochs}")
     w_start = peft.check_vector(w_trained, name="w_trained").detach().clone()
     w = w_start.clone().requires_grad_(True)
-    opt = _make_optimizer([w], optimizer, lr)
+    opt = make_optimizer([w], optimizer, lr)
     log = TrainLog(n_samples=n_samples, config=dict(config, epochs=epochs, lr=lr, optimizer=optimizer))
     t0 = time.perf_counter()
-    with eval_mode(peft.model), _progress(0, desc, progress) as bar:
+    with eval_mode(peft.model), progress_bar(0, desc, progress) as bar:
         mask = setup() if setup is not None else None
         for epoch in range(int(epochs)):
             tot, cnt = 0.0, 0

@@ -43,7 +43,8 @@ from .data import ImageData, check_finite, check_labels
 from .errors import DataError, InvalidInputError, NumericalError
 from .peft import PeftSet, eval_mode
 
-__all__ = ["TrainLog", "batch_schedule", "pretrain", "finetune_peft", "predict", "peft_loss", "linearized_function"]
+__all__ = ["TrainLog", "batch_schedule", "pretrain", "finetune_peft", "predict", "peft_loss", "linearized_function",
+           "make_optimizer", "progress_bar"]
 
 
 @dataclass
@@ -105,13 +106,13 @@ def _keep_mask(n: int, drop) -> torch.Tensor | None:
     return keep
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def _make_optimizer(params, optimizer: str, lr: float, momentum: float = 0.0):
+def make_optimizer(params, optimizer: str, lr: float, momentum: float = 0.0):
     opt = optimizer.lower()
     if not (lr > 0 and math.isfinite(lr)):
         raise InvalidInputError(f"lr must be a positive number, got {lr}")
@@ -163,7 +164,7 @@ def pretrain(
     params = [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = _make_optimizer(params, optimizer, lr, momentum)
+    opt = make_optimizer(params, optimizer, lr, momentum)
     if weight_decay:
         for g in opt.param_groups:
             g["weight_decay"] = float(weight_decay)
@@ -173,7 +174,7 @@ def pretrain(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model.train()
-        with _progress(int(epochs) * nb, "pretrain", progress) as bar:
+        with progress_bar(int(epochs) * nb, "pretrain", progress) as bar:
             for epoch in range(int(epochs)):
                 tot, cnt = 0.0, 0
                 for b in batch_schedule(n, batch_size, epoch, seed):
@@ -222,7 +223,8 @@ def linearized_function(f: Callable, wbar: torch.Tensor) -> Callable:
     return flin
 
 
-_linearized = linearized_function  # older private name (kept for callers inside fastntk)
+_linearized = linearized_function  # older private name (kept for scripts that used it)
+_make_optimizer, _progress = make_optimizer, progress_bar  # likewise
 
 
 def finetune_peft(
@@ -285,7 +287,7 @@ def finetune_peft(
     X, y = data.X.to(peft.dtype), data.y
     f = peft.functional()
     fn = linearized_function(f, w0) if linearized else f
-    opt = _make_optimizer([w], optimizer, lr, momentum)
+    opt = make_optimizer([w], optimizer, lr, momentum)
     coef = float(ridge) / (2.0 * m)
     log = TrainLog(
         n_samples=m,
@@ -298,7 +300,7 @@ def finetune_peft(
     checked = False
     t0 = time.perf_counter()
     model = peft.model
-    with eval_mode(model), _progress(int(epochs) * nb, desc, progress) as bar:
+    with eval_mode(model), progress_bar(int(epochs) * nb, desc, progress) as bar:
         for epoch in range(int(epochs)):
             tot, cnt = 0.0, 0
             for b in batch_schedule(n, batch_size, epoch, seed, drop=drop):
