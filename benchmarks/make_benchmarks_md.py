@@ -69,8 +69,10 @@ def main() -> int:
         if not os.path.isfile(path):
             continue
         body = open(path, encoding="utf-8").read().strip()
-        if os.path.isfile(os.path.join(RESULTS, f"{name}.png")):  # the script's plot, next to its table
-            body += f"\n\n![{name}](benchmarks/results/{name}.png)"
+        pngs = sorted(f for f in os.listdir(RESULTS) if f == f"{name}.png" or (f.startswith(f"{name}_") and f.endswith(".png")
+                                                                            and not f.startswith(f"{name}_quick")))
+        for png in pngs:  # the script's plots, next to its table
+            body += f"\n\n![{png[:-4]}](benchmarks/results/{png})"
         parts.append(f"## {title}\n\n`{cmd}`\n\n{body}\n")
     atomic_write_text(os.path.join(os.path.dirname(HERE), "BENCHMARKS.md"), "\n".join(parts))
     print("wrote BENCHMARKS.md")
