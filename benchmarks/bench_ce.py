@@ -240,11 +240,12 @@ def plot(summary, path):
     for j, mth in enumerate(methods):
         ys = [summary[k].get(mth, {}).get("avg_gap", np.nan) for k in keys]
         es = [summary[k].get(mth, {}).get("avg_gap_std", 0.0) for k in keys]
-        ax.bar(np.arange(len(keys)) + j * w, ys, w, yerr=es, label=mth)
+        lo = [min(e, 0.9 * y) if y == y else 0.0 for y, e in zip(ys, es)]  # log axis: error bars stay above 0
+        ax.bar(np.arange(len(keys)) + j * w, ys, w, yerr=[lo, es], label=mth)
     ax.set_xticks(np.arange(len(keys)) + 0.4 - w / 2)
     ax.set_xticklabels(keys, rotation=15, fontsize=8)
     ax.set_ylabel("avg gap to retrain (pp, lower is better)")
-    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.set_title("Unlearning CE-fine-tuned classifiers (Fashion-MNIST 28 px)")
     fig.tight_layout()
