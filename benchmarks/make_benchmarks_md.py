@@ -64,6 +64,9 @@ def main() -> int:
         "matching `*.json`. Machine: 2 CPU cores, no GPU, shared with other jobs while these ran (each table says the load",
         "where its script recorded it), so wall times are noisy; ratios measured in one process are the reliable part.\n",
     ]
+    summary = os.path.join(RESULTS, "summary.md")  # the findings of the latest session, written by hand from the tables
+    if os.path.isfile(summary):
+        parts.append(open(summary, encoding="utf-8").read().strip() + "\n")
     for name, title, cmd in SECTIONS:
         path = os.path.join(RESULTS, f"{name}.md")
         if not os.path.isfile(path):
