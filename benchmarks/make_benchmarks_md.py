@@ -21,6 +21,10 @@ SECTIONS = [
     ("ce_other", "Cross-entropy fine-tuning: resnet10t (BN + head) and a ViT with visual prompts",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t fastntk_vit_tiny --classes 0 1 --random-seeds 0 --limit 2000 "
      "--variants 'Fast-NTK (default)' 'Fast-NTK relinearized curvature' 'MSE kernel at trained (previous default)' 'Fast-NTK (prepared)' --name ce_other"),
+    ("ce_cnn_steps16", "Cross-entropy, one class, the default after max_steps 8 → 16: small CNN (the tables above ran with 8)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' --name ce_cnn_steps16"),
+    ("ce_vit_steps16", "Cross-entropy, one class, the default after max_steps 8 → 16: ViT with prompts",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 --scenarios class --limit 2000 --variants 'Fast-NTK (default)' --name ce_vit_steps16"),
     ("indist_ce_class", "Indistinguishability as the field measures it: KLoM and the NeurIPS 2023 challenge F (CE, one class, N = 32)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_indistinguishable.py --n 32 --scenarios class --finetune standard --name indist_ce_class"),
     ("indist_ce_random", "Indistinguishability: KLoM and challenge F (CE, random 10 %, N = 32)",
