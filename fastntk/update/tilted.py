@@ -238,7 +238,7 @@ class _StepSolver:
             raise InvalidInputError("solver='direct' needs the cached Jacobian (strategy='cached' or a larger memory_budget)")
         name = f"step {k}: (G_r(w) + λI) s = −∇F_r(w)"
         direct_ok = jac.solver == "direct" or (jac.solver == "auto" and cached)
-        if self.newton.curvature == "frozen" and direct_ok and src.p <= max(int(jac.direct_limit), 0 if jac.solver == "auto" else src.p):
+        if self.newton.curvature == "frozen" and direct_ok and (jac.solver == "direct" or src.p <= int(jac.direct_limit)):
             if self.factor is None:  # G_r(w_t) and its Cholesky factor, once for every step
                 self.factor = FrozenCurvature.from_source(src)
             info["solver"] = f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')"
