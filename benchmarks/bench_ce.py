@@ -36,6 +36,18 @@ VARIANTS: dict[str, dict] = {
     "CE plain retain Newton (anchor=retain)": dict(anchor="retain"),
     "MSE kernel at trained (previous default)": dict(loss="mse", linearize_at="trained", anchor="trained"),
     "Fast-NTK (prepared)": dict(prepared=True),
+    # sketched curvature in every relinearized step (issue 14): k rows per sample, m of the n_r samples
+    "sketch k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25),
+    "sketch k=2, m=n/2": dict(curvature_source="sketch", sketch_k=2, sketch_m=0.5),
+    "sketch k=1, m=n": dict(curvature_source="sketch", sketch_k=1),
+    "MC Fisher k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25, sketch_kind="fisher"),
+    "exact, m=n/4": dict(curvature_source="sketch", sketch_k=0, sketch_m=0.25, sketch_kind="orthogonal"),
+    # the line search extrapolates (t = 2, 4, 8 while the objective falls)
+    "extrapolate ×8": dict(extrapolate=3),
+    "sketch k=1, m=n/4, extrapolate ×8": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25, extrapolate=3),
+    # Levenberg-Marquardt damping of the steps (NewtonOptions(damping="lm"))
+    "LM": dict(damping="lm"),
+    "sketch k=1, m=n/4, LM": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25, damping="lm"),
 }
 BASELINES = ("FT", "GA", "NegGrad+")
 
@@ -128,8 +140,12 @@ def run_one(args, model, scen, seed, cls) -> dict:
                 res = u.forget(e.f_idx)
                 res.timings["prepare"] = t_prep
             else:
+                if kw.get("sketch_k") == 0:  # k = C orthogonal cotangents: the exact per-sample curvature of a subsample
+                    kw["sketch_k"] = len(cfg.finetune_classes)
                 if kw.get("newton") in ("relinearize", "frozen"):
                     kw["newton"] = NewtonOptions(curvature=kw["newton"], stop_on_growth=None)
+                if "extrapolate" in kw or "damping" in kw:
+                    kw["newton"] = NewtonOptions(**{k: kw.pop(k) for k in ("extrapolate", "damping") if k in kw})
                 res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with="ce", w0=e.w0,
                               check_overlap=False, memory_budget=cfg.memory_budget, **kw)
         except Exception as exc:  # a refused or failed variant is reported, not hidden
@@ -140,12 +156,13 @@ def run_one(args, model, scen, seed, cls) -> dict:
         m = e.evaluate(res.w_new)
         m.update(seconds=sec, ridge=res.info["ridge"], steps=res.info.get("steps"), anchor=res.info.get("anchor"),
                  stop=res.reasons.get("stop", ""), timings=dict(res.timings), harm_scale=res.info["harm_check"]["scale"],
-                 reasons={k: str(v) for k, v in res.reasons.items()})
+                 reasons={k: str(v) for k, v in res.reasons.items()},
+                 newton_history=[{k: h.get(k) for k in ("t", "decrement", "backtracks")} for h in res.info.get("newton", {}).get("history", [])])
         rows[name] = m
         print(f"  {model} {scen} seed {seed}: {name}: UA {m['UA']:.3f} RA {m['RA']:.3f} TA {m['TA']:.3f} MIA {m['MIA']:.3f} "
               f"gap {avg_gap(m, gold_m):.2f} pp, {sec:.0f}s = {sec / e.gold.seconds:.2f}× retrain, steps {m['steps']} "
               f"({m['stop'][:90]})", flush=True)
-    for b in BASELINES:
+    for b in args.baselines:
         r = e.baseline(b)
         rows[b] = e.evaluate(r.w)
         rows[b]["seconds"] = r.seconds
@@ -273,6 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--baselines", nargs="*", default=list(BASELINES), help="baselines to run (none: only the variants)")
     ap.add_argument("--cache", default=None, help="backbone cache folder (default ~/.cache/fastntk)")
     ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups",
                     help="folder caching the fine-tuned / retrained weights per config ('' to retrain every time)")

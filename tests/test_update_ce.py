@@ -58,7 +58,8 @@ def test_first_ce_newton_step_matches_dense_reference():
     wt = peft.vector().clone()
     lam = 0.3
     res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain",
-                  newton=NewtonOptions(max_steps=1, line_search=False), harm=HarmTolerance(enabled=False), rtol=1e-12)
+                  curvature_source="exact", newton=NewtonOptions(max_steps=1, line_search=False),
+                  harm=HarmTolerance(enabled=False), rtol=1e-12)
     G = _dense_ce_ggn(peft, X[r], wt).numpy()
     _, g = _ce_objective_np(peft, X[r], y[r], lam, w0)(wt.numpy())
     step = -np.linalg.solve(G + lam * np.eye(peft.p), g)
@@ -80,7 +81,7 @@ def test_ce_steps_converge_to_scipy_minimizer_on_linear_model(solver, curvature)
     fun = _ce_objective_np(peft, X[r], y[r], lam, w0)
     ref = scipy.optimize.minimize(fun, w0.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain", solver=solver,
-                  newton=NewtonOptions(max_steps=30 if curvature == "relinearize" else 400, rel_decrement=1e-16,
+                  curvature_source="exact", newton=NewtonOptions(max_steps=30 if curvature == "relinearize" else 400, rel_decrement=1e-16,
                                        stop_on_growth=False, curvature=curvature),
                   harm=HarmTolerance(enabled=False), rtol=1e-12)
     np.testing.assert_allclose(res.w_new.numpy(), ref.x, atol=1e-6)
@@ -295,3 +296,77 @@ def test_sketched_curvature_orthogonal_full_rank_equals_exact_and_reports_its_er
     true = float((rad.delta - exact.delta).norm() / exact.delta.norm())
     assert est is not None and 0 < est and true < 1.0
     assert rad.plan["curvature_source"]["value"] == "sketch"
+
+
+@pytest.mark.parametrize("kind,k,m,damping", [("rademacher", 1, 0.5, "none"), ("fisher", 1, 0.5, "none"),
+                                               ("rademacher", 2, None, "none"), ("rademacher", 1, 0.5, "lm")])
+def test_sketched_curvature_newton_keeps_the_exact_fixed_point(kind, k, m, damping):
+    """The curvature only preconditions the steps: with a fresh sketch per relinearized step (k rows, m of n_r samples)
+    the iteration still lands on scipy's minimizer of the retain objective (the gradient is exact)."""
+    mdl = linear_model(3, C=3)
+    peft = NamedPeft(mdl, ["1.*"])
+    X, y = _data(40, 5)
+    r, f = np.arange(30), np.arange(30, 40)
+    w0 = peft.vector().clone()
+    lam = 0.5
+    fun = _ce_objective_np(peft, X[r], y[r], lam, w0)
+    ref = scipy.optimize.minimize(fun, w0.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    res = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain",
+                  curvature_source="sketch", sketch_k=k, sketch_m=m, sketch_kind=kind,
+                  newton=NewtonOptions(max_steps=200, rel_decrement=1e-20, stop_on_growth=False, damping=damping),
+                  harm=HarmTolerance(enabled=False), rtol=1e-12)
+    np.testing.assert_allclose(res.w_new.numpy(), ref.x, atol=1e-6)
+    assert res.plan["curvature_source"]["value"] == "sketch"
+    why = res.plan["curvature_source"]["reason"]
+    from fastntk.update.tilted import sketch_samples
+
+    assert f"k={k}" in why and f"m={sketch_samples(m, 30)} of n=30" in why
+    objs = [h["objective_after"] for h in res.info["newton"]["history"]]
+    assert all(b <= a + 1e-12 for a, b in zip(objs, objs[1:]))
+
+
+def test_sketch_m_is_validated_and_resolved():
+    from fastntk.update.tilted import JacobianOptions, sketch_samples
+
+    for bad in (0, -1, 0.0, 1.5, True, "half"):
+        with pytest.raises(InvalidInputError, match="sketch_m"):
+            JacobianOptions(sketch_m=bad)
+    assert sketch_samples(None, 101) == 101 and sketch_samples(1.0, 101) == 101
+    assert sketch_samples(0.25, 101) % 2 == 0 and sketch_samples(0.25, 101) == 26
+    assert sketch_samples(7, 5) == 5 and sketch_samples(3, 5) == 3
+
+
+def test_ce_route_records_exact_curvature_with_its_reason():
+    m = tiny_bn_cnn(4)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(30, 8, (3, 8, 8))
+    r, f = np.arange(24), np.arange(24, 30)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=1.0, w0=peft.vector().clone(),
+                  curvature_source="exact", rtol=1e-10)
+    assert res.plan["curvature_source"]["value"] == "exact"
+    assert "curvature_source='exact' requested" in res.plan["curvature_source"]["reason"]
+
+
+def test_auto_curvature_sketches_only_where_the_fixed_point_does_not_depend_on_it():
+    """curvature_source='auto': the plain retain objective (relinearized) gets the preconditioning sketch (k = 1), the
+    tilted objective (whose first step is the answer) the exact J̃; LM damping keeps the line-searched descent."""
+    m = tiny_bn_cnn(4)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(40, 8, (3, 8, 8))
+    r, f = np.arange(32), np.arange(32, 40)
+    kw = dict(trained_with="ce", ridge=1.0, w0=peft.vector().clone(), rtol=1e-10, harm=HarmTolerance(enabled=False))
+    plain = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), anchor="retain", newton=NewtonOptions(damping="lm"), **kw)
+    tilted = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), anchor="trained", **kw)
+    assert plain.plan["curvature_source"]["value"] == "sketch" and "k=1" in plain.plan["curvature_source"]["reason"]
+    assert "minimizer does not depend on the curvature" in plain.plan["curvature_source"]["reason"]
+    assert tilted.plan["curvature_source"]["value"] == "exact"
+    hist = plain.info["newton"]["history"]
+    assert all("rho" in h and h["mu_next"] >= 0 for h in hist if "rejected" not in h)
+    objs = [h["objective_after"] for h in hist if "objective_after" in h]
+    assert all(b <= a + 1e-9 for a, b in zip(objs, objs[1:]))
+
+
+def test_newton_options_validate_damping_and_extrapolate():
+    for bad in (dict(damping="trust"), dict(extrapolate=-1), dict(extrapolate=True)):
+        with pytest.raises(InvalidInputError):
+            NewtonOptions(**bad)

@@ -58,6 +58,15 @@ class NewtonOptions:
         one Jacobian of D_r in all; each step costs a gradient pass and the line search).  Measured in
         benchmarks/bench_ce.py (class forgetting): relinearized 0.52 / 0.56 / 0.92 pp on three classes of a small
         CNN and 0.40 pp on a ViT, frozen 1.52 / 0.45 / 0.67 and 3.96 pp; the prepared CE Unlearner is frozen.
+    extrapolate : after the full step is accepted, try ``t = 2, 4, …`` (at most this many doublings, one forward pass
+        each) while the objective keeps falling; keep the best.  On a cross-entropy objective a Newton step moves a
+        saturating logit by about one unit (Newton on ``Σ e^z``), so the step count grows with the log-odds retraining
+        reaches; extrapolation covers that distance with fewer Jacobians.
+    damping : ``"none"`` or ``"lm"`` (Levenberg-Marquardt): the step solves ``(G + λI + μI) s = −∇F`` with ``μ``
+        adapted from the ratio ``ρ`` of the actual to the predicted decrease of the last step (``ρ < 1/4``:
+        ``μ ← max(4μ, λ)``; ``ρ > 3/4``: ``μ ← μ/4``, 0 below ``λ/64``).  The fixed point is unchanged (``μ`` only shapes
+        the steps); it matters where the Gauss-Newton model overstates the decrease (a ReLU network's curvature
+        term that G leaves out) and the line search would shrink every step.
     """
 
     max_steps: int = 16
@@ -67,14 +76,20 @@ class NewtonOptions:
     max_backtracks: int = 12
     stop_on_growth: bool | None = None
     curvature: str = "relinearize"
+    extrapolate: int = 0
+    damping: str = "none"
 
     def __post_init__(self):
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
             raise InvalidInputError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
         if not (0 <= self.rel_decrement < 1):
             raise InvalidInputError(f"rel_decrement must lie in [0, 1), got {self.rel_decrement!r}")
+        if self.damping not in ("none", "lm"):
+            raise InvalidInputError(f"damping must be 'none' or 'lm', got {self.damping!r}")
         if self.curvature not in ("frozen", "relinearize"):
             raise InvalidInputError(f"curvature must be 'frozen' or 'relinearize', got {self.curvature!r}")
+        if isinstance(self.extrapolate, bool) or not isinstance(self.extrapolate, int) or self.extrapolate < 0:
+            raise InvalidInputError(f"extrapolate must be an integer >= 0, got {self.extrapolate!r}")
         if not (0 < self.c1 < 0.5) or int(self.max_backtracks) < 1:
             raise InvalidInputError("c1 must lie in (0, 0.5) and max_backtracks be >= 1")
 
@@ -104,9 +119,26 @@ def armijo(objective: NetworkObjective, w: torch.Tensor, step: torch.Tensor, F0:
         else:
             Ft = objective.value(w + t * step)
         if math.isfinite(Ft) and Ft <= F0 + opts.c1 * t * slope:
+            if j == 1 and opts.extrapolate:
+                t, Ft, g, tries = _extrapolate(objective, w, step, F0, slope, opts, Ft, g)
+                return t, Ft, j + tries, g
             return t, Ft, j, g
         t *= 0.5
     return 0.0, F0, int(opts.max_backtracks), None
+
+
+def _extrapolate(objective, w, step, F0, slope, opts, F1, g1):
+    """From an accepted full step, ``t = 2, 4, …`` (``opts.extrapolate`` doublings at most) while ``F`` keeps falling and
+    the Armijo condition holds: ``(t, F, ∇F or None, forward passes)``; the gradient is kept only if ``t = 1`` stays."""
+    best_t, best_F, tries, t = 1.0, F1, 0, 1.0
+    for _ in range(int(opts.extrapolate)):
+        t *= 2.0
+        Ft = objective.value(w + t * step)
+        tries += 1
+        if not (math.isfinite(Ft) and Ft < best_F and Ft <= F0 + opts.c1 * t * slope):
+            break
+        best_t, best_F = t, Ft
+    return best_t, best_F, (g1 if best_t == 1.0 else None), tries
 
 
 def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Callable, opts: NewtonOptions, *,
@@ -114,7 +146,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
     """Minimize ``objective`` from ``w_start`` by relinearized Gauss-Newton steps (module docstring).
 
     solve : ``solve(w, g, k) -> s`` with ``(G(w) + λI) s = g`` (the curvature at ``w``; ``k`` the step number,
-        for the solve's name).  first : ``(F, ∇F)`` at ``w_start`` if already known.
+        for the solve's name); with ``opts.damping == "lm"``, ``solve(w, g, k, mu)`` solves ``(G(w) + λI + μI) s = g``.  first : ``(F, ∇F)`` at ``w_start`` if already known.
     on_step : ``on_step(k, w)`` after each accepted step (progress, or to study the iterates).
     Returns ``(w, report)``.
     """
@@ -122,8 +154,9 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
     w = w_start.detach().clone()
     F, g = objective.value_and_grad(w) if first is None else first
     dec0 = dec_prev = None
+    lm, mu, lam, drop0 = opts.damping == "lm", 0.0, getattr(solve, "lam", None), None
     for k in range(1, opts.max_steps + 1):
-        s = -solve(w, g, k)
+        s = -(solve(w, g, k, mu) if lm else solve(w, g, k))
         if not torch.isfinite(s).all():
             raise NumericalError(f"Newton step {k} is not finite; increase the ridge")
         dec = float(-(g @ s))  # δ² = ∇Fᵀ (G + λI)⁻¹ ∇F ≥ 0
@@ -147,6 +180,14 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
             (F_new, g_new), t, tries = objective.value_and_grad(w + s), 1.0, 1
         rep.history.append({"step": k, "objective_before": F, "objective_after": F_new, "decrement": dec, "t": t,
                             "backtracks": tries, "step_norm": float(s.norm()) * t})
+        if lm:
+            # the undamped model's predicted decrease of t·s: t·δ² − ½t²·sᵀ(G + λI)s, sᵀ(G + λI)s = δ² − μ‖s‖²
+            pred = t * dec - 0.5 * t * t * (dec - mu * float(s @ s))
+            rho = (F - F_new) / pred if pred > 0 else 0.0
+            base = float(lam) if lam else 1.0
+            mu = max(4 * mu, base) if rho < 0.25 else (mu / 4 if rho > 0.75 else mu)
+            mu = 0.0 if mu < base / 64 else mu
+            rep.history[-1].update(rho=rho, mu_next=mu)
         if t == 0.0:
             rep.stop_reason = f"step {k}: the line search found no decrease of the objective; stopped at step {k - 1}"
             break
@@ -158,8 +199,11 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
         if k == opts.max_steps:
             rep.stop_reason = f"max_steps = {opts.max_steps} reached (δ²/δ₁² = {dec / dec0:.3g})"
             break
-        if k > 1 and dec <= opts.rel_decrement * dec0:
-            rep.stop_reason = f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
+        drop0 = (F - F_new) if k == 1 else drop0
+        # with LM damping a large μ shrinks δ² by itself: the step's actual decrease must have fallen too
+        if k > 1 and dec <= opts.rel_decrement * dec0 and (not lm or F - F_new <= opts.rel_decrement * drop0):
+            rep.stop_reason = (f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
+                               + (f" (and the step's decrease to {(F - F_new) / drop0:.3g} of the first)" if lm else ""))
             break
         F, g = (F_new, g_new) if g_new is not None else objective.value_and_grad(w)
     if not rep.stop_reason:

@@ -176,8 +176,7 @@ def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.T
     delta = r.w - inp.w_trained
     if not torch.isfinite(delta).all():
         raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge")
-    if r.sketch is not None:
-        plan.choose("curvature_source", "sketch", r.sketch.get("curvature", ""))
+    plan.choose("curvature_source", "sketch" if r.sketch is not None else "exact", r.curvature)
     info = {"ridge": r.ridge, "ridge_effective": r.ridge, "steps": r.newton.steps, "newton": r.newton.summary(),
             "ridge_selection": r.ridge_info, "grad_forget_norm": r.grad_forget_norm, "sketch": r.sketch}
     out = dict(form="primal", strategy=r.strategy.split(" ")[0], space="primal", loss="ce", timings=dict(r.timings),

@@ -35,6 +35,11 @@ log = logging.getLogger("fastntk")
 
 __all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE", "FrozenCurvature"]
 
+#: the preconditioning sketch (curvature_source="auto" on the relinearized plain retain objective): k rows per sample
+#: and m = max(fraction·n_r, min(n_r, floor)) samples — measured in benchmarks/bench_ce.py (ce_sketch_*)
+PRECONDITIONING_SKETCH_K = 1
+PRECONDITIONING_SKETCH_M = (0.25, 1024)
+
 #: κ of the relative damping rule ``λ = κ·tr(G_r(w_t))/p`` (ridge="auto"), chosen in benchmarks/bench_ce.py
 RELATIVE_RIDGE = 0.1
 
@@ -52,20 +57,33 @@ class JacobianOptions:
     solver: str = "auto"  # "auto" | "direct" | "cg"
     progress: bool = False
     # the curvature of the CE route: "exact" (J̃ of D_r, C rows per sample), "sketch" (SketchedJacobian: sketch_k rows
-    # per sample, unbiased, k backward passes per image), "auto" (exact when J̃_r fits memory_budget, else the sketch)
+    # per sample, unbiased, k backward passes per image), "auto" (see curvature_source(): the sketch where only the
+    # steps depend on it — the relinearized plain retain objective —, else exact when J̃_r fits memory_budget)
     curvature_source: str = "auto"
-    sketch_k: int = 2
+    # rows per sample: None = auto (1 for the preconditioning sketch, 2 — two halves for the error estimate — when the
+    # sketch replaces an exact J̃ that does not fit)
+    sketch_k: int | None = None
     sketch_kind: str = "rademacher"
+    # samples of D_r in each sketch: None (auto: PRECONDITIONING_SKETCH_M for the preconditioning sketch, else all n_r),
+    # a fraction in (0, 1] of n_r, or a count (an int >= 1); drawn with replacement, rows scaled by √(n_r/m) (still
+    # unbiased).  Each Newton step draws a fresh sketch (seed + step).
+    sketch_m: float | int | None = None
+    sketch_seed: int = 0
 
     def __post_init__(self):
         if self.curvature_source not in ("auto", "exact", "sketch"):
             raise InvalidInputError(f"curvature_source must be 'auto', 'exact' or 'sketch', got {self.curvature_source!r}")
-        if isinstance(self.sketch_k, bool) or not isinstance(self.sketch_k, int) or self.sketch_k < 1:
-            raise InvalidInputError(f"sketch_k must be an integer >= 1, got {self.sketch_k!r}")
+        k = self.sketch_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise InvalidInputError(f"sketch_k must be None (auto) or an integer >= 1, got {k!r}")
         from ..operators.sketch import KINDS
 
         if self.sketch_kind not in KINDS:
             raise InvalidInputError(f"sketch_kind must be one of {KINDS}, got {self.sketch_kind!r}")
+        m = self.sketch_m
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
+                              or (isinstance(m, float) and not 0 < m <= 1) or (isinstance(m, int) and m < 1)):
+            raise InvalidInputError(f"sketch_m must be None, a fraction in (0, 1] or a count >= 1, got {m!r}")
         if self.strategy not in ("auto", "cached", "stream"):
             raise InvalidInputError(f"strategy must be 'auto', 'cached' or 'stream', got {self.strategy!r}")
         if self.solver not in ("auto", "direct", "cg"):
@@ -74,27 +92,62 @@ class JacobianOptions:
             raise InvalidInputError("batch_size must be >= 1 and direct_limit >= 0")
 
 
-def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int):
+def sketch_samples(m, n: int) -> int:
+    """The number of samples of a sketch: ``m`` of :class:`JacobianOptions` (None, a fraction or a count) for ``n``."""
+    if m is None:
+        return n
+    if isinstance(m, float):
+        return n if m >= 1 else max(2, min(n - n % 2, 2 * int(round(m * n / 2))))  # even: two independent halves
+    return min(int(m), n)
+
+
+def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: int = 1, *,
+                     fixed_point_exact: bool = False):
     """The curvature source of the CE route at ``w`` and why: the exact loss-weighted Jacobian (cached or streamed by
-    ``jac.strategy``) or, by ``jac.curvature_source``, the unbiased sketch (:class:`fastntk.operators.SketchedJacobian`)."""
+    ``jac.strategy``) or the unbiased sketch (:class:`fastntk.operators.SketchedJacobian`; ``step`` seeds its draws, so
+    that relinearized steps use independent sketches).
+
+    ``curvature_source="auto"``: where the iteration's fixed point does not depend on the curvature
+    (``fixed_point_exact``: the relinearized plain retain objective, exact gradients — the curvature only shapes the
+    steps), the preconditioning sketch (``PRECONDITIONING_SKETCH_K`` rows per sample, ``PRECONDITIONING_SKETCH_M``
+    samples): ≈ k·m/(C·n_r) of an exact J̃'s backward passes.  Elsewhere (the tilted objective, whose first step is
+    the answer) the exact J̃ when it fits ``memory_budget``, else the sketch (k = 2, all samples, with its error)."""
     from ..operators import SketchedJacobian, jacobian_bytes
 
-    need = jacobian_bytes(int(X.shape[0]), C, peft.p, peft.dtype)
+    n = int(X.shape[0])
+    need = jacobian_bytes(n, C, peft.p, peft.dtype)
     budget = float("inf") if jac.memory_budget is None else float(jac.memory_budget)
-    use = jac.curvature_source
-    if use == "auto":
+    use, precondition = jac.curvature_source, False
+    if use == "auto" and fixed_point_exact:
+        use, precondition = "sketch", True
+        frac, floor = PRECONDITIONING_SKETCH_M
+        why = ("curvature_source='auto': relinearized steps on the plain retain objective (its minimizer does not depend on "
+               f"the curvature, which only shapes the steps): the preconditioning sketch, k = {PRECONDITIONING_SKETCH_K}, "
+               f"m = max({frac:g}·n_r, min(n_r, {floor})) (benchmarks/bench_ce.py), instead of the exact J̃ (C = {C} rows "
+               "per sample)")
+    elif use == "auto":
         use = "exact" if (need <= budget or jac.strategy == "stream") else "sketch"
         why = (f"curvature_source='auto': the exact J̃ of D_r needs {need / 1e6:.0f} MB "
                f"{'≤' if use == 'exact' else '>'} memory_budget {budget / 1e6:.0f} MB")
         if use == "sketch":
-            why += f": sketched Gauss-Newton, k = {jac.sketch_k} rows per sample ({jac.sketch_kind}) instead of C = {C}"
+            why += f": sketched Gauss-Newton instead of C = {C} rows per sample"
     else:
         why = f"curvature_source={use!r} requested"
     if use == "exact":
         src = make_jacobian(peft, X, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
                             batch_size=jac.batch_size, progress=jac.progress)
         return src, why
-    src = SketchedJacobian(peft, X, k=jac.sketch_k, kind=jac.sketch_kind, loss=loss, w=w, batch_size=jac.batch_size)
+    k = jac.sketch_k if jac.sketch_k is not None else (PRECONDITIONING_SKETCH_K if precondition else 2)
+    if jac.sketch_m is not None:
+        m = sketch_samples(jac.sketch_m, n)
+    elif precondition:
+        frac, floor = PRECONDITIONING_SKETCH_M
+        m = max(sketch_samples(frac, n), min(n, floor))
+    else:
+        m = n
+    src = SketchedJacobian(peft, X, k=k, kind=jac.sketch_kind, loss=loss, w=w, batch_size=jac.batch_size,
+                           m=m, seed=int(jac.sketch_seed) + int(step) - 1)
+    why = f"{why}; {src.reason} (step {step}: each relinearized step draws a fresh sketch)"
     src.reason = why
     return src, why
 
@@ -125,6 +178,7 @@ class TiltedResult:
     strategy: str
     solver: str
     sketch: dict | None = None
+    curvature: str = ""  # which curvature source ran and why
 
 
 def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
@@ -149,7 +203,8 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     L_r, g_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)
     g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
     t_grad = time.perf_counter() - t0
-    steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f))
+    steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f),
+                        fixed_point_exact=not tilt and newton.curvature == "relinearize" and curvature is None)
     lam, rinfo = _select_ridge(ridge, g_r + g_f, w_trained, center, steps)
     F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt)
     steps.lam = lam
@@ -161,7 +216,8 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
     return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
-                        sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")))
+                        sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
+                        curvature=info.get("curvature") or "a given frozen curvature (prepared state)")
 
 
 def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: torch.Tensor, steps: "_StepSolver"):
@@ -173,7 +229,9 @@ def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: tor
         tr = steps.trace(w_trained)
         lam = RELATIVE_RIDGE * tr / w_trained.numel()
         rinfo = {"ridge": lam, "rule": f"relative: λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g} (benchmarks/bench_ce.py)",
-                 "trace_over_p": tr / w_trained.numel(), "kappa": RELATIVE_RIDGE}
+                 "trace_over_p": tr / w_trained.numel(), "kappa": RELATIVE_RIDGE,
+                 "trace_source": "exact" if steps.curvature is not None or getattr(steps.src, "strategy", "") != "sketch"
+                 else f"estimated from the first sketch (unbiased; {steps.src.reason.split('; ', 1)[-1]})"}
         if not lam > 0:
             raise InvalidInputError("the Gauss-Newton of the retain set is zero at the trained weights (tr G_r = 0); pass ridge=")
     else:
@@ -200,17 +258,19 @@ class _StepSolver:
     ``curvature='frozen'``, or a given frozen curvature), solved directly (cached ``J``, small system) or by CG; the
     bookkeeping (what ran, seconds, the half-sketch estimate of the first step) in ``info``."""
 
-    def __init__(self, peft, X_r, loss, jac, newton, ctx, curvature, C):
+    def __init__(self, peft, X_r, loss, jac, newton, ctx, curvature, C, fixed_point_exact=False):
         self.peft, self.X_r, self.loss, self.jac, self.newton, self.ctx, self.curvature, self.C = (
             peft, X_r, loss, jac, newton, ctx, curvature, C)
+        self.fixed_point_exact = fixed_point_exact
         self.lam = None
         self.src = None  # the current curvature source (kept across steps when frozen)
         self.factor = None
         self.info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0}
 
-    def _source(self, w):
+    def _source(self, w, step: int = 1):
         t = time.perf_counter()
-        self.src, self.info["curvature"] = curvature_source(self.peft, self.X_r, w, self.loss, self.jac, self.C)
+        self.src, self.info["curvature"] = curvature_source(self.peft, self.X_r, w, self.loss, self.jac, self.C, step,
+                                                            fixed_point_exact=self.fixed_point_exact)
         self.info["jacobian"] += time.perf_counter() - t
         return self.src
 
@@ -220,15 +280,16 @@ class _StepSolver:
             return self.curvature.trace()
         return float(self._source(w).diag_ggn().double().sum())
 
-    def __call__(self, w, g, k):
+    def __call__(self, w, g, k, mu: float = 0.0):
         info, jac = self.info, self.jac
+        lam = self.lam + float(mu)  # μ: the Levenberg-Marquardt damping of NewtonOptions(damping="lm")
         t = time.perf_counter()
         if self.curvature is not None:
             info["strategy"], info["solver"] = self.curvature.strategy, self.curvature.method
-            x = self.curvature.solve(g, self.lam, self.ctx, f"step {k}: (G_r(w_t) + λI) s = −∇F_r(w) (frozen curvature)")
+            x = self.curvature.solve(g, lam, self.ctx, f"step {k}: (G_r(w_t) + λI) s = −∇F_r(w) (frozen curvature)")
             info["solve"] += time.perf_counter() - t
             return x
-        src = self.src if (self.src is not None and (k == 1 or self.newton.curvature == "frozen")) else self._source(w)
+        src = self.src if (self.src is not None and (k == 1 or self.newton.curvature == "frozen")) else self._source(w, k)
         if k == 1 and "sketch" not in info:
             info["sketch"] = sketch_error(src, g, self.lam)
         info["strategy"] = f"{src.strategy} ({getattr(src, 'reason', '')})"
@@ -242,14 +303,14 @@ class _StepSolver:
             if self.factor is None:  # G_r(w_t) and its Cholesky factor, once for every step
                 self.factor = FrozenCurvature.from_source(src)
             info["solver"] = f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')"
-            x = self.factor.solve(g, self.lam, self.ctx, name + " (frozen curvature)")
+            x = self.factor.solve(g, lam, self.ctx, name + " (frozen curvature)")
         elif jac.solver == "direct" or (direct_ok and min(src.p, src.nC) <= int(jac.direct_limit)):
             info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
                 if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
-            x = solve_primal_direct(src, g, self.lam, self.ctx, name)
+            x = solve_primal_direct(src, g, lam, self.ctx, name)
         else:
             info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
-            x = self.ctx.solve(GGNLinearOperator(src, self.lam), g, name)
+            x = self.ctx.solve(GGNLinearOperator(src, lam), g, name)
         if self.newton.curvature != "frozen":
             self.src = None  # relinearized: the next step builds its own
         info["solve"] += time.perf_counter() - t
@@ -296,7 +357,7 @@ class FrozenCurvature:
         if lam not in self._factor:
             H = self.G_D - self.G_F
             H.diagonal().add_(lam)
-            self._factor[lam] = (H, cholesky64(H, f"G_r + λI (λ = {lam:.4g}, prepared)"))
+            self._factor = {lam: (H, cholesky64(H, f"G_r + λI (λ = {lam:.4g}, prepared)"))}  # the latest shift only
         H, L = self._factor[lam]
         gd = g.double()
         x = torch.cholesky_solve(gd.unsqueeze(1), L)[:, 0]
