@@ -77,7 +77,7 @@ class NewtonOptions:
     stop_on_growth: bool | None = None
     curvature: str = "relinearize"
     extrapolate: int = 0
-    damping: str = "none"
+    damping: str = "lm"
 
     def __post_init__(self):
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
@@ -154,7 +154,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
     w = w_start.detach().clone()
     F, g = objective.value_and_grad(w) if first is None else first
     dec0 = dec_prev = None
-    lm, mu, lam, drop0 = opts.damping == "lm", 0.0, getattr(solve, "lam", None), None
+    lm, mu, lam, drop0, t_prev = opts.damping == "lm", 0.0, getattr(solve, "lam", None), None, 1.0
     for k in range(1, opts.max_steps + 1):
         s = -(solve(w, g, k, mu) if lm else solve(w, g, k))
         if not torch.isfinite(s).all():
@@ -173,7 +173,9 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
         dec_prev = dec
         last = k == opts.max_steps
         if opts.line_search:
-            t, F_new, tries, g_new = armijo(objective, w, s, F, -dec, opts, grad_first=not last)
+            # score the full step with its gradient (reused when accepted) unless the last full step was rejected
+            t, F_new, tries, g_new = armijo(objective, w, s, F, -dec, opts, grad_first=not last and t_prev == 1.0)
+            t_prev = t
         elif last:
             t, F_new, tries, g_new = 1.0, objective.value(w + s), 1, None
         else:
@@ -185,7 +187,8 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
             pred = t * dec - 0.5 * t * t * (dec - mu * float(s @ s))
             rho = (F - F_new) / pred if pred > 0 else 0.0
             base = float(lam) if lam else 1.0
-            mu = max(4 * mu, base) if rho < 0.25 else (mu / 4 if rho > 0.75 else mu)
+            # the full step was rejected (t < 1) or the model overstated the decrease: more damping; a good full step: less
+            mu = max(4 * mu, base) if (t < 1 or rho < 0.25) else (mu / 4 if rho > 0.75 else mu)
             mu = 0.0 if mu < base / 64 else mu
             rep.history[-1].update(rho=rho, mu_next=mu)
         if t == 0.0:
@@ -200,8 +203,9 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
             rep.stop_reason = f"max_steps = {opts.max_steps} reached (δ²/δ₁² = {dec / dec0:.3g})"
             break
         drop0 = (F - F_new) if k == 1 else drop0
-        # with LM damping a large μ shrinks δ² by itself: the step's actual decrease must have fallen too
-        if k > 1 and dec <= opts.rel_decrement * dec0 and (not lm or F - F_new <= opts.rel_decrement * drop0):
+        # with LM damping a large μ shrinks δ² by itself: the step's actual decrease must have fallen too, on a step the
+        # quadratic model predicted (ρ ≥ 1/4; a small decrease on a badly predicted step is not convergence)
+        if k > 1 and dec <= opts.rel_decrement * dec0 and (not lm or (F - F_new <= opts.rel_decrement * drop0 and rho >= 0.25)):
             rep.stop_reason = (f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
                                + (f" (and the step's decrease to {(F - F_new) / drop0:.3g} of the first)" if lm else ""))
             break
