@@ -48,6 +48,10 @@ VARIANTS: dict[str, dict] = {
     # Levenberg-Marquardt damping of the steps (NewtonOptions(damping="lm"))
     "LM": dict(damping="lm"),
     "sketch k=1, m=n/4, LM": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25, damping="lm"),
+    # the relative ridge λ = κ·tr(G_r)/p with another κ (the default is RELATIVE_RIDGE)
+    "κ = 0.3": dict(kappa=0.3),
+    "κ = 1": dict(kappa=1.0),
+    "κ = 3": dict(kappa=3.0),
 }
 BASELINES = ("FT", "GA", "NegGrad+")
 
@@ -132,6 +136,10 @@ def run_one(args, model, scen, seed, cls) -> dict:
         e.peft.write(e.w_trained)
         t = time.perf_counter()
         kw = dict(VARIANTS[name])
+        import fastntk.update.tilted as _tilted
+
+        kappa0 = _tilted.RELATIVE_RIDGE
+        _tilted.RELATIVE_RIDGE = kw.pop("kappa", kappa0)
         try:
             if kw.pop("prepared", False):
                 u = Unlearner(e.model, e.peft, (e.train.X, e.train.y), trained_with="ce", w0=e.w0, memory_budget=cfg.memory_budget)
@@ -152,6 +160,8 @@ def run_one(args, model, scen, seed, cls) -> dict:
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "seconds": time.perf_counter() - t}
             print(f"  {model} {scen} seed {seed}: {name}: {rows[name]['error'][:160]}", flush=True)
             continue
+        finally:
+            _tilted.RELATIVE_RIDGE = kappa0
         sec = time.perf_counter() - t
         m = e.evaluate(res.w_new)
         m.update(seconds=sec, ridge=res.info["ridge"], steps=res.info.get("steps"), anchor=res.info.get("anchor"),

@@ -155,7 +155,19 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
     F, g = objective.value_and_grad(w) if first is None else first
     dec0 = dec_prev = None
     lm, mu, lam, drop0, t_prev = opts.damping == "lm", 0.0, getattr(solve, "lam", None), None, 1.0
+    probe = getattr(solve, "probe", None)
     for k in range(1, opts.max_steps + 1):
+        if opts.stop_on_growth and dec0 is not None and probe is not None:
+            # the growth test first with the last step's curvature (no new Jacobian); it jumps 10–300× where it fires
+            x = probe(g, mu, k)
+            dec_probe = None if x is None else float(g @ x)
+            if dec_probe is not None and dec_probe > dec_prev:
+                rep.history.append({"step": k, "objective_before": F, "decrement": dec_probe, "rejected": "the decrement grew",
+                                    "curvature": f"step {k - 1}'s (probe)"})
+                rep.stop_reason = (f"step {k}: the Newton decrement grew (δ² {dec_prev:.3g} -> {dec_probe:.3g}, with step {k - 1}'s "
+                                   "curvature): the Gauss-Newton model no longer describes the objective; stopped after "
+                                   f"{k - 1} step(s)")
+                break
         s = -(solve(w, g, k, mu) if lm else solve(w, g, k))
         if not torch.isfinite(s).all():
             raise NumericalError(f"Newton step {k} is not finite; increase the ridge")

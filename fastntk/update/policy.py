@@ -35,8 +35,8 @@ VARIANTS: dict[str, dict] = {
             "on average in benchmarks/bench_variants.py)"),
     "ce": dict(
         linearize_at="trained", anchor="by-request", loss="ce", steps="auto",
-        why="cross-entropy fine-tuning: CE Gauss-Newton at the current weights, tilted Newton steps on the retain objective "
-            "until the Newton decrement stops falling (benchmarks/bench_ce.py)"),
+        why="cross-entropy fine-tuning: CE Gauss-Newton at the current weights, damped (Levenberg-Marquardt) line-searched "
+            "Newton steps on the retain objective until the Newton decrement stops falling (benchmarks/bench_ce.py)"),
 }
 
 

@@ -274,6 +274,22 @@ class _StepSolver:
         self.info["jacobian"] += time.perf_counter() - t
         return self.src
 
+    def probe(self, g, mu: float = 0.0, k: int = 0):
+        """``(G_prev + λI + μI)⁻¹ g`` with the last step's curvature (relinearized route; ``None`` when there is none or
+        the curvature is frozen, where the step itself costs no Jacobian): the cheap growth test of ``gauss_newton``."""
+        if self.curvature is not None or self.newton.curvature == "frozen" or getattr(self, "prev", None) is None:
+            return None
+        src, _ = self.prev
+        t = time.perf_counter()
+        lam = self.lam + float(mu)
+        cached = hasattr(src, "J")
+        if cached and (self.jac.solver == "direct" or (self.jac.solver == "auto" and min(src.p, src.nC) <= int(self.jac.direct_limit))):
+            x = solve_primal_direct(src, g, lam, self.ctx, f"step {k}: growth probe (step {k - 1}'s curvature)")
+        else:
+            x = self.ctx.solve(GGNLinearOperator(src, lam), g, f"step {k}: growth probe (step {k - 1}'s curvature)")
+        self.info["solve"] += time.perf_counter() - t
+        return x
+
     def trace(self, w) -> float:
         """``tr G_r`` at ``w`` (the given frozen curvature's, or that of the first source, built here and kept)."""
         if self.curvature is not None:
@@ -312,7 +328,7 @@ class _StepSolver:
             info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
             x = self.ctx.solve(GGNLinearOperator(src, lam), g, name)
         if self.newton.curvature != "frozen":
-            self.src = None  # relinearized: the next step builds its own
+            self.prev, self.src = (src, lam), None  # relinearized: the next step builds its own
         info["solve"] += time.perf_counter() - t
         return x
 
