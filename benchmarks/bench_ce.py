@@ -52,6 +52,9 @@ VARIANTS: dict[str, dict] = {
     "κ = 0.3": dict(kappa=0.3),
     "κ = 1": dict(kappa=1.0),
     "κ = 3": dict(kappa=3.0),
+    # the per-sample ridge λ = ρ·n_r (ρ = PER_SAMPLE_RIDGE) and the relative one, whichever ridge="auto" is
+    "ridge per-sample": dict(ridge="per-sample"),
+    "ridge relative": dict(ridge="relative"),
 }
 BASELINES = ("FT", "GA", "NegGrad+")
 

@@ -16,6 +16,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_final_cnn", "Cross-entropy, the current default (LM-damped steps, preconditioning sketch): small BN CNN, 3 classes + random 10 %",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 --variants 'Fast-NTK (default)' --name ce_final_cnn"),
+    ("ce_final_vit", "Cross-entropy, the current default: ViT with visual prompts, one class + random 10 %",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 --random-seeds 0 --limit 2000 --variants 'Fast-NTK (default)' --name ce_final_vit"),
+    ("ce_final_resnet10t", "Cross-entropy, the current default: resnet10t (BN + head), two classes + random 10 %",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --classes 0 1 --random-seeds 0 --limit 2000 --variants 'Fast-NTK (default)' --name ce_final_resnet10t"),
+    ("ce_sketch_cnn", "Cross-entropy, class requests: the curvature of every Newton step exact vs sketched (k rows, m of n_r samples; no damping)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'sketch k=1, m=n/4' 'sketch k=2, m=n/2' 'exact, m=n/4' 'MC Fisher k=1, m=n/4' --baselines --name ce_sketch_cnn"),
+    ("ce_lm_cnn", "Cross-entropy, class requests: Levenberg-Marquardt damping, exact and sketched curvature",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'LM' 'sketch k=1, m=n/4, LM' --baselines --name ce_lm_cnn"),
+    ("ce_kappa_cnn", "Cross-entropy, class requests: the relative ridge κ (λ = κ·tr(G_r)/p), small CNN (κ = 0.1 is the default row above)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'κ = 0.3' 'κ = 1' 'κ = 3' --baselines --name ce_kappa_cnn"),
+    ("ce_kappa_vit", "Cross-entropy, class requests: the relative ridge κ, ViT (resnet10t class 0: benchmarks/results/ce_kappa_r10_partial.log)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 --scenarios class --limit 2000 --variants 'κ = 0.3' 'κ = 1' 'κ = 3' --baselines --name ce_kappa_vit"),
+    ("scaling_ce_resnet18", "One-shot CE unlearning at scale: resnet18 BN + head, all 60,000 Fashion-MNIST images, random 10 % (cost)",
+     "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 60000 --models resnet18 --trained-with ce --sketch-m 8192 --threads 2 --name scaling_ce_resnet18"),
     ("ce_cnn", "Cross-entropy fine-tuning (what users have): small BN CNN, 3 classes + random 10 %, every CE variant",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 --name ce_cnn"),
     ("ce_other", "Cross-entropy fine-tuning: resnet10t (BN + head) and a ViT with visual prompts",

@@ -370,3 +370,23 @@ def test_newton_options_validate_damping_and_extrapolate():
     for bad in (dict(damping="trust"), dict(extrapolate=-1), dict(extrapolate=True)):
         with pytest.raises(InvalidInputError):
             NewtonOptions(**bad)
+
+
+@pytest.mark.parametrize("ridge", ["per-sample", "relative"])
+def test_ridge_rules_are_applied_and_recorded(ridge):
+    from fastntk.update.tilted import PER_SAMPLE_RIDGE, RELATIVE_RIDGE
+
+    m = tiny_bn_cnn(4)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(30, 8, (3, 8, 8))
+    r, f = np.arange(24), np.arange(24, 30)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=ridge, w0=peft.vector().clone(),
+                  curvature_source="exact", rtol=1e-10, harm=HarmTolerance(enabled=False))
+    sel = res.info["ridge_selection"]
+    if ridge == "per-sample":
+        assert res.info["ridge"] == pytest.approx(PER_SAMPLE_RIDGE * 24) and sel["rule"].startswith("per-sample")
+    else:
+        assert res.info["ridge"] == pytest.approx(RELATIVE_RIDGE * sel["trace_over_p"]) and sel["trace_source"] == "exact"
+    assert res.plan["ridge"]["reason"].startswith(ridge) and f"λ = {res.info['ridge']:.4g}" in res.plan["ridge"]["reason"]
+    with pytest.raises(InvalidInputError):
+        unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge="per_sample", w0=peft.vector().clone())

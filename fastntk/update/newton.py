@@ -59,9 +59,10 @@ class NewtonOptions:
         benchmarks/bench_ce.py (class forgetting): relinearized 0.52 / 0.56 / 0.92 pp on three classes of a small
         CNN and 0.40 pp on a ViT, frozen 1.52 / 0.45 / 0.67 and 3.96 pp; the prepared CE Unlearner is frozen.
     extrapolate : after the full step is accepted, try ``t = 2, 4, …`` (at most this many doublings, one forward pass
-        each) while the objective keeps falling; keep the best.  On a cross-entropy objective a Newton step moves a
-        saturating logit by about one unit (Newton on ``Σ e^z``), so the step count grows with the log-odds retraining
-        reaches; extrapolation covers that distance with fewer Jacobians.
+        each) while the objective keeps falling; keep the best.  Meant for objectives where the Gauss-Newton step
+        undershoots (Newton on a saturating ``Σ e^z`` moves ``z`` by about one unit per step); off by default: on the
+        CE-fine-tuned CNNs of benchmarks/bench_ce.py the step overshoots instead (the line search halves it), and
+        ``t = 2`` was never accepted.
     damping : ``"none"`` or ``"lm"`` (Levenberg-Marquardt): the step solves ``(G + λI + μI) s = −∇F`` with ``μ``
         adapted from the ratio ``ρ`` of the actual to the predicted decrease of the last step (``ρ < 1/4``:
         ``μ ← max(4μ, λ)``; ``ρ > 3/4``: ``μ ← μ/4``, 0 below ``λ/64``).  The fixed point is unchanged (``μ`` only shapes

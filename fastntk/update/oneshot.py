@@ -76,7 +76,7 @@ def _read_inputs(model, peft, retain, forget, opts, plan, w0) -> Inputs:
 
 
 def _check_ridge(ridge, route: str):
-    if ridge == "auto" or (route == "ce" and ridge == "stationarity"):
+    if ridge == "auto" or (route == "ce" and ridge in ("stationarity", "relative", "per-sample")):
         return ridge
     return check_scalar("ridge", ridge, positive=route == "ce", nonneg=True)
 

@@ -227,11 +227,15 @@ def plan_sizes(plan: Plan, opts, peft, *, ridge, w0, n_r: int, n_f: int, C: int)
 
 
 def _plan_ce(plan, opts, peft, ridge) -> Plan:
-    from .tilted import RELATIVE_RIDGE
+    from .tilted import AUTO_RIDGE, PER_SAMPLE_RIDGE, RELATIVE_RIDGE
 
     plan.form = plan.choose("form", "primal", "loss='ce': Newton iteration in parameter space (primal)")
+    rules = {"relative": f"relative damping λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g}",
+             "per-sample": f"per-sample λ = ρ·n_r, ρ = {PER_SAMPLE_RIDGE:g}"}
     if ridge == "auto":
-        plan.choose("ridge", "auto", f"ridge='auto': relative damping λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g}")
+        plan.choose("ridge", "auto", f"ridge='auto': {rules[AUTO_RIDGE]}")
+    elif ridge in rules:
+        plan.choose("ridge", ridge, f"ridge={ridge!r}: {rules[ridge]}")
     elif ridge == "stationarity":
         plan.choose("ridge", ridge, "ridge='stationarity': argmin_λ ‖∇L_D(w_t) + λ(w_t − w0)‖")
     else:

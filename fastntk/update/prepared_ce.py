@@ -47,8 +47,8 @@ class CEUnlearner(RequestStream):
     def __init__(self, model, peft, X, y, *, w0=None, ridge="auto", newton: NewtonOptions | None = None,
                  harm: HarmTolerance | None = None, memory_budget: float | None = DEFAULT_MEMORY_BUDGET, batch_size: int = 128,
                  rtol: float = DEFAULT_RTOL, progress: bool = False):
-        if ridge != "auto" and not (isinstance(ridge, (int, float)) and ridge > 0):
-            raise InvalidInputError(f"ridge must be 'auto' or a positive number, got {ridge!r}")
+        if ridge not in ("auto", "relative", "per-sample") and not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge > 0):
+            raise InvalidInputError(f"ridge must be 'auto', 'relative', 'per-sample' or a positive number, got {ridge!r}")
         if w0 is not None:
             peft.check_vector(w0, name="w0")
         self.model, self.peft, self.X, self.y = model, peft, X, y

@@ -40,6 +40,11 @@ __all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE",
 PRECONDITIONING_SKETCH_K = 1
 PRECONDITIONING_SKETCH_M = (0.25, 1024)
 
+#: ρ of the per-sample ridge rule ``λ = ρ·n_r`` (ridge="per-sample": weight decay ρ towards w0 on the mean retain loss)
+PER_SAMPLE_RIDGE = 0.015
+#: the rule ridge="auto" follows on the CE route: "relative" or "per-sample" (benchmarks/bench_ce.py)
+AUTO_RIDGE = "relative"
+
 #: κ of the relative damping rule ``λ = κ·tr(G_r(w_t))/p`` (ridge="auto"), chosen in benchmarks/bench_ce.py
 RELATIVE_RIDGE = 0.1
 
@@ -205,7 +210,7 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     t_grad = time.perf_counter() - t0
     steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f),
                         fixed_point_exact=not tilt and newton.curvature == "relinearize" and curvature is None)
-    lam, rinfo = _select_ridge(ridge, g_r + g_f, w_trained, center, steps)
+    lam, rinfo = _select_ridge(ridge, g_r + g_f, w_trained, center, steps, int(X_r.shape[0]))
     F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt)
     steps.lam = lam
     if newton.stop_on_growth is None:
@@ -220,12 +225,19 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
                         curvature=info.get("curvature") or "a given frozen curvature (prepared state)")
 
 
-def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: torch.Tensor, steps: "_StepSolver"):
-    """``(λ, how)``: given, the stationarity ridge, or the relative rule ``κ·tr(G_r(w_t))/p`` (from the first curvature)."""
+def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: torch.Tensor, steps: "_StepSolver", n_r: int):
+    """``(λ, how)``: given, the stationarity ridge, the relative rule ``κ·tr(G_r(w_t))/p`` (from the first curvature)
+    or the per-sample rule ``ρ·n_r``; ``"auto"`` follows :data:`AUTO_RIDGE`."""
+    rule = AUTO_RIDGE if ridge == "auto" else ridge
+    if rule == "per-sample":
+        lam = PER_SAMPLE_RIDGE * n_r
+        rinfo = {"ridge": lam, "rule": f"per-sample: λ = ρ·n_r, ρ = {PER_SAMPLE_RIDGE:g} (weight decay ρ towards w0 on the mean "
+                 f"retain loss; benchmarks/bench_ce.py){' (ridge=auto)' if ridge == 'auto' else ''}", "rho": PER_SAMPLE_RIDGE}
+        return lam, rinfo
     if ridge == "stationarity":
         lam, rinfo = stationarity_ridge(g_D, w_trained - center)
         log.info("fastntk: stationarity ridge λ = %.4g (relative residual %.3f)", lam, rinfo["relative_residual"])
-    elif ridge == "auto":
+    elif rule == "relative":
         tr = steps.trace(w_trained)
         lam = RELATIVE_RIDGE * tr / w_trained.numel()
         rinfo = {"ridge": lam, "rule": f"relative: λ = κ·tr(G_r(w_t))/p, κ = {RELATIVE_RIDGE:g} (benchmarks/bench_ce.py)",
