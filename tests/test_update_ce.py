@@ -68,18 +68,24 @@ def test_first_ce_newton_step_matches_dense_reference():
     assert torch.equal(peft.vector(), wt)  # inplace=False
 
 
+def _linear_ce_problem(model_seed, data_seed, lam=0.5):
+    """A head on fixed features (linear in its PEFT params), 30 retain / 10 forget samples, and scipy's minimizer of
+    the plain CE + ridge retain objective."""
+    m = linear_model(model_seed, C=3)
+    peft = NamedPeft(m, ["1.*"])
+    X, y = _data(40, data_seed)
+    r, f = np.arange(30), np.arange(30, 40)
+    w0 = peft.vector().clone()
+    fun = _ce_objective_np(peft, X[r], y[r], lam, w0)
+    ref = scipy.optimize.minimize(fun, w0.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    return m, peft, X, y, r, f, w0, lam, ref
+
+
 @pytest.mark.parametrize("solver,curvature", [("direct", "relinearize"), ("cg", "relinearize"), ("direct", "frozen")])
 def test_ce_steps_converge_to_scipy_minimizer_on_linear_model(solver, curvature):
     """A model linear in its PEFT params (head on fixed features), CE + ridge: the Newton iteration lands on
     scipy.optimize.minimize's minimizer of the retain objective (anchor='retain')."""
-    m = linear_model(0, C=3)
-    peft = NamedPeft(m, ["1.*"])
-    X, y = _data(40, 2)
-    r, f = np.arange(30), np.arange(30, 40)
-    w0 = peft.vector().clone()
-    lam = 0.5
-    fun = _ce_objective_np(peft, X[r], y[r], lam, w0)
-    ref = scipy.optimize.minimize(fun, w0.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    m, peft, X, y, r, f, w0, lam, ref = _linear_ce_problem(0, 2)
     res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain", solver=solver,
                   curvature_source="exact", newton=NewtonOptions(max_steps=30 if curvature == "relinearize" else 400, rel_decrement=1e-16,
                                        stop_on_growth=False, curvature=curvature),
@@ -303,14 +309,7 @@ def test_sketched_curvature_orthogonal_full_rank_equals_exact_and_reports_its_er
 def test_sketched_curvature_newton_keeps_the_exact_fixed_point(kind, k, m, damping):
     """The curvature only preconditions the steps: with a fresh sketch per relinearized step (k rows, m of n_r samples)
     the iteration still lands on scipy's minimizer of the retain objective (the gradient is exact)."""
-    mdl = linear_model(3, C=3)
-    peft = NamedPeft(mdl, ["1.*"])
-    X, y = _data(40, 5)
-    r, f = np.arange(30), np.arange(30, 40)
-    w0 = peft.vector().clone()
-    lam = 0.5
-    fun = _ce_objective_np(peft, X[r], y[r], lam, w0)
-    ref = scipy.optimize.minimize(fun, w0.numpy(), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    mdl, peft, X, y, r, f, w0, lam, ref = _linear_ce_problem(3, 5)
     res = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain",
                   curvature_source="sketch", sketch_k=k, sketch_m=m, sketch_kind=kind,
                   newton=NewtonOptions(max_steps=200, rel_decrement=1e-20, stop_on_growth=False, damping=damping),
