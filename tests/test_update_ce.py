@@ -389,3 +389,17 @@ def test_ridge_rules_are_applied_and_recorded(ridge):
     assert res.plan["ridge"]["reason"].startswith(ridge) and f"λ = {res.info['ridge']:.4g}" in res.plan["ridge"]["reason"]
     with pytest.raises(InvalidInputError):
         unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge="per_sample", w0=peft.vector().clone())
+
+
+def test_sketch_fallback_fits_the_memory_budget():
+    """The tilted route's exact J̃ does not fit memory_budget: the sketch (k = 2) takes as many samples as fit it."""
+    m = tiny_bn_cnn(4)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(30, 8, (3, 8, 8))
+    r, f = np.arange(24), np.arange(24, 30)
+    budget = 10 * 2 * peft.p * 8  # 10 samples of 2 float64 rows
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=1.0, w0=peft.vector().clone(),
+                  anchor="trained", memory_budget=budget, rtol=1e-10, harm=HarmTolerance(enabled=False))
+    why = res.plan["curvature_source"]["reason"]
+    assert res.plan["curvature_source"]["value"] == "sketch" and "> memory_budget" in why
+    assert "m = 10 of 24 samples" in why and "m=10 of n=24" in why

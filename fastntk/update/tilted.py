@@ -148,8 +148,12 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
     elif precondition:
         frac, floor = PRECONDITIONING_SKETCH_M
         m = max(sketch_samples(frac, n), min(n, floor))
-    else:
-        m = n
+    else:  # all samples, as many as the sketch's rows (m·k × p) fit memory_budget
+        row_bytes = k * peft.p * torch.empty((), dtype=peft.dtype).element_size()
+        m = n if budget == float("inf") else max(2, min(n, int(budget // row_bytes)))
+        if m < n:
+            m -= m % 2
+            why += f"; m = {m} of {n} samples so that the sketch ({m}·{k} rows × p) fits memory_budget"
     src = SketchedJacobian(peft, X, k=k, kind=jac.sketch_kind, loss=loss, w=w, batch_size=jac.batch_size,
                            m=m, seed=int(jac.sketch_seed) + int(step) - 1)
     why = f"{why}; {src.reason} (step {step}: each relinearized step draws a fresh sketch)"
