@@ -247,8 +247,10 @@ def summarize(runs, variants) -> tuple[dict, str]:
     md = ("Cross-entropy fine-tuning until a validation split stops improving; means over runs (± in the JSON). UA, RA, TA, "
           "MIA in %; avg_gap in pp vs the gold retrain (lower is better; the floor is a second retrain); time_ratio = seconds "
           "÷ retrain seconds (the retrain includes its validation passes; 2 shared cores with 3–4 concurrent jobs: ratios "
-          "vary ±2× between identical computations). Relabelled runs: 'Fast-NTK (default)' is the relinearized "
-          "curvature, the default now; the forced-anchor rows and the prepared Unlearner ran with the frozen one.\n\n"
+          "vary ±2× between identical computations)." + (
+              " Relabelled runs: 'Fast-NTK (default)' is the relinearized curvature; the forced-anchor rows and the prepared "
+              "Unlearner ran with the frozen one." if any("relabelled" in str(r.get("default_curvature", "")) for r in runs) else "")
+          + " Each 'Fast-NTK' row ran with the library's defaults at the time it ran (the JSON keeps every reason).\n\n"
           + "\n".join(lines))
     return summary, md
 

@@ -16,11 +16,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
-    ("ce_final_cnn", "Cross-entropy, the current default (LM-damped steps, preconditioning sketch): small BN CNN, 3 classes + random 10 %",
+    ("ce_ps_cnn", "Cross-entropy, the current default (per-sample ridge, LM-damped steps, preconditioning sketch): small BN CNN, 3 classes + random 10 %; the prepared Unlearner (relative ridge)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 --variants 'ridge per-sample' 'Fast-NTK (prepared)' --baselines --name ce_ps_cnn  # baselines: ce_final_cnn (same fine-tuned models)"),
+    ("ce_ps_r10", "Cross-entropy, the current default: resnet10t (BN + head), two classes + random 10 %",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --classes 0 1 --random-seeds 0 --limit 2000 --variants 'ridge per-sample' --baselines --name ce_ps_r10  # baselines: ce_final_resnet10t"),
+    ("ce_ps_vit", "Cross-entropy, the current default: ViT with visual prompts, one class + random 10 %; the prepared Unlearner (relative ridge)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 --random-seeds 0 --limit 2000 --variants 'ridge per-sample' 'Fast-NTK (prepared)' --baselines --name ce_ps_vit  # baselines: ce_final_vit"),
+    ("ce_final_cnn", "Cross-entropy, LM-damped steps + preconditioning sketch with the relative ridge (the default before the per-sample ridge): small BN CNN",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 --variants 'Fast-NTK (default)' --name ce_final_cnn"),
-    ("ce_final_vit", "Cross-entropy, the current default: ViT with visual prompts, one class + random 10 %",
+    ("ce_final_vit", "Cross-entropy, LM + sketch with the relative ridge: ViT with visual prompts, one class + random 10 %",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 --random-seeds 0 --limit 2000 --variants 'Fast-NTK (default)' --name ce_final_vit"),
-    ("ce_final_resnet10t", "Cross-entropy, the current default: resnet10t (BN + head), two classes + random 10 %",
+    ("ce_final_resnet10t", "Cross-entropy, LM + sketch with the relative ridge: resnet10t (BN + head), two classes + random 10 %",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --classes 0 1 --random-seeds 0 --limit 2000 --variants 'Fast-NTK (default)' --name ce_final_resnet10t"),
     ("ce_sketch_cnn", "Cross-entropy, class requests: the curvature of every Newton step exact vs sketched (k rows, m of n_r samples; no damping)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'sketch k=1, m=n/4' 'sketch k=2, m=n/2' 'exact, m=n/4' 'MC Fisher k=1, m=n/4' --baselines --name ce_sketch_cnn"),

@@ -205,7 +205,7 @@ def unlearn(model: torch.nn.Module, peft, retain, forget, *, trained_with: str, 
     trained_with : ``"ce"`` (cross-entropy), ``"mse"`` (ordinary MSE fine-tuning) or ``"linearized-mse"`` (the
         linearized model, where the update is exact).  Every ``"auto"`` resolves from it (:mod:`fastntk.update.policy`)
         and the do-no-harm check scores the update with this loss.  Required.
-    ridge : ``λ`` (``½λ‖w − w̄‖²``), or ``"auto"`` (CE: the relative damping rule; MSE: :func:`match_ridge`, needs ``w0``);
+    ridge : ``λ`` (``½λ‖w − w̄‖²``), or ``"auto"`` (CE: the per-sample rule ``0.015·n_r``, also ``"relative"`` and ``"stationarity"``; MSE: :func:`match_ridge`, needs ``w0``);
         CE also takes ``"stationarity"``.
     w0 : PEFT vector before fine-tuning (the linearization point of ``linearize_at="w0"``, the ridge centre).
     options : :class:`~fastntk.update.options.UnlearnOptions`; ``**option_fields`` are its field names or those of
