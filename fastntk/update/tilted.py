@@ -72,7 +72,8 @@ class JacobianOptions:
     # sketch replaces an exact J̃ that does not fit)
     sketch_k: int | None = None
     sketch_kind: str = "rademacher"
-    # samples of D_r in each sketch: None (auto: PRECONDITIONING_SKETCH_M for the preconditioning sketch, else all n_r),
+    # samples of D_r in each sketch: None (auto: PRECONDITIONING_SKETCH_M for the preconditioning sketch, else all n_r
+    # or as many as fit memory_budget),
     # a fraction in (0, 1] of n_r, or a count (an int >= 1); drawn with replacement, rows scaled by √(n_r/m) (still
     # unbiased).  Each Newton step draws a fresh sketch (seed + step).
     sketch_m: float | int | None = None
@@ -119,7 +120,8 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
     (``fixed_point_exact``: the relinearized plain retain objective, exact gradients — the curvature only shapes the
     steps), the preconditioning sketch (``PRECONDITIONING_SKETCH_K`` rows per sample, ``PRECONDITIONING_SKETCH_M``
     samples): ≈ k·m/(C·n_r) of an exact J̃'s backward passes.  Elsewhere (the tilted objective, whose first step is
-    the answer) the exact J̃ when it fits ``memory_budget``, else the sketch (k = 2, all samples, with its error)."""
+    the answer) the exact J̃ when it fits ``memory_budget``, else the sketch (k = 2 with its half-sketch error; all
+    samples, or as many as fit ``memory_budget``)."""
     from ..operators import SketchedJacobian, jacobian_bytes
 
     n = int(X.shape[0])
@@ -287,6 +289,7 @@ class _StepSolver:
         self.info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0}
 
     def _source(self, w, step: int = 1):
+        self.prev = None  # the probe's curvature is not needed once a new one is built (never two alive at once)
         t = time.perf_counter()
         self.src, self.info["curvature"] = curvature_source(self.peft, self.X_r, w, self.loss, self.jac, self.C, step,
                                                             fixed_point_exact=self.fixed_point_exact)
