@@ -59,7 +59,7 @@ def fastntk_methods(finetune: str) -> dict[str, dict]:
             "Fast-NTK": dict(route="one-shot", trained_with="linearized-mse"),
             "Fast-NTK (prepared)": dict(route="prepared", trained_with="linearized-mse", ridge="match", strategy="auto"),
         }
-    return {  # cross-entropy: every choice (anchor by request, relative ridge, steps) is the library's
+    return {  # cross-entropy: every choice (anchor by request, ridge, curvature, steps) is the library's
         "Fast-NTK": dict(route="one-shot", trained_with="ce"),
         "Fast-NTK (prepared)": dict(route="prepared", trained_with="ce"),
     }
