@@ -22,6 +22,8 @@ SECTIONS = [
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --classes 0 1 --random-seeds 0 --limit 2000 --variants 'ridge per-sample' --baselines --name ce_ps_r10  # baselines: ce_final_resnet10t"),
     ("ce_ps_vit", "Cross-entropy, the current default: ViT with visual prompts, one class + random 10 %; the prepared Unlearner (relative ridge)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 --random-seeds 0 --limit 2000 --variants 'ridge per-sample' 'Fast-NTK (prepared)' --baselines --name ce_ps_vit  # baselines: ce_final_vit"),
+    ("ce_resnet18", "Cross-entropy, the current default: resnet18 (BN + head), one class (one seed)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet18 --classes 0 --scenarios class --limit 2000 --variants 'Fast-NTK (default)' --name ce_resnet18"),
     ("ce_prep_cnn", "Cross-entropy, the prepared CE Unlearner with the current default (frozen curvature, LM, per-sample ridge): small CNN, 3 classes",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (prepared)' --baselines --name ce_prep_cnn"),
     ("ce_prep_vit", "Cross-entropy, the prepared CE Unlearner with the current default: ViT, one class",
