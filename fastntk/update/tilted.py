@@ -283,6 +283,7 @@ class _StepSolver:
         self.peft, self.X_r, self.loss, self.jac, self.newton, self.ctx, self.curvature, self.C = (
             peft, X_r, loss, jac, newton, ctx, curvature, C)
         self.fixed_point_exact = fixed_point_exact
+        self.prev = None  # the last relinearized step's curvature source (for the growth probe)
         self.lam = None
         self.src = None  # the current curvature source (kept across steps when frozen)
         self.factor = None
@@ -296,19 +297,24 @@ class _StepSolver:
         self.info["jacobian"] += time.perf_counter() - t
         return self.src
 
+    def _direct(self, src) -> bool:
+        """Solve ``(G + λI) s = g`` of ``src`` by a direct Cholesky (cached J and ``solver='direct'``, or ``'auto'`` with
+        ``min(p, nC) ≤ direct_limit``) rather than by CG."""
+        jac = self.jac
+        return jac.solver == "direct" or (jac.solver == "auto" and hasattr(src, "J") and min(src.p, src.nC) <= int(jac.direct_limit))
+
+    def _solve_primal(self, src, g, lam: float, name: str):
+        if self._direct(src):
+            return solve_primal_direct(src, g, lam, self.ctx, name)
+        return self.ctx.solve(GGNLinearOperator(src, lam), g, name)
+
     def probe(self, g, mu: float = 0.0, k: int = 0):
         """``(G_prev + λI + μI)⁻¹ g`` with the last step's curvature (relinearized route; ``None`` when there is none or
         the curvature is frozen, where the step itself costs no Jacobian): the cheap growth test of ``gauss_newton``."""
-        if self.curvature is not None or self.newton.curvature == "frozen" or getattr(self, "prev", None) is None:
+        if self.curvature is not None or self.newton.curvature == "frozen" or self.prev is None:
             return None
-        src, _ = self.prev
         t = time.perf_counter()
-        lam = self.lam + float(mu)
-        cached = hasattr(src, "J")
-        if cached and (self.jac.solver == "direct" or (self.jac.solver == "auto" and min(src.p, src.nC) <= int(self.jac.direct_limit))):
-            x = solve_primal_direct(src, g, lam, self.ctx, f"step {k}: growth probe (step {k - 1}'s curvature)")
-        else:
-            x = self.ctx.solve(GGNLinearOperator(src, lam), g, f"step {k}: growth probe (step {k - 1}'s curvature)")
+        x = self._solve_primal(self.prev, g, self.lam + float(mu), f"step {k}: growth probe (step {k - 1}'s curvature)")
         self.info["solve"] += time.perf_counter() - t
         return x
 
@@ -342,15 +348,15 @@ class _StepSolver:
                 self.factor = FrozenCurvature.from_source(src)
             info["solver"] = f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')"
             x = self.factor.solve(g, lam, self.ctx, name + " (frozen curvature)")
-        elif jac.solver == "direct" or (direct_ok and min(src.p, src.nC) <= int(jac.direct_limit)):
-            info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
-                if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
-            x = solve_primal_direct(src, g, lam, self.ctx, name)
         else:
-            info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
-            x = self.ctx.solve(GGNLinearOperator(src, lam), g, name)
+            if self._direct(src):
+                info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
+                    if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
+            else:
+                info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
+            x = self._solve_primal(src, g, lam, name)
         if self.newton.curvature != "frozen":
-            self.prev, self.src = (src, lam), None  # relinearized: the next step builds its own
+            self.prev, self.src = src, None  # relinearized: the next step builds its own
         info["solve"] += time.perf_counter() - t
         return x
 
