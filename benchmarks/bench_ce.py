@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "sketch k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25),
     "sketch k=2, m=n/2": dict(curvature_source="sketch", sketch_k=2, sketch_m=0.5),
     "sketch k=1, m=n": dict(curvature_source="sketch", sketch_k=1),
+    "sketch k=2, m=n": dict(curvature_source="sketch", sketch_k=2),
     "MC Fisher k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25, sketch_kind="fisher"),
     "exact, m=n/4": dict(curvature_source="sketch", sketch_k=0, sketch_m=0.25, sketch_kind="orthogonal"),
     # the line search extrapolates (t = 2, 4, 8 while the objective falls)

@@ -174,6 +174,56 @@ def test_harm_check_refuses_a_harmful_update_and_damps_a_large_one():
     assert torch.allclose(d, -chk.scale * up)
 
 
+def test_objective_memo_answers_only_for_the_same_weights():
+    """memo: a pass at w records (loss, accuracy); data_loss(w) answers from it without a forward pass, and any other w
+    (one ulp away) is computed."""
+    m, peft, X, y = _harmful_setup()
+    w = peft.vector().clone()
+    memo = {}
+    obj = NetworkObjective(peft, X, y, loss="ce", memo=memo)
+    ref = NetworkObjective(peft, X, y, loss="ce")
+    F, _ = obj.value_and_grad(w)
+    assert len(memo) == 1
+    calls = []
+    f = obj._f
+    obj._f = lambda *a: calls.append(1) or f(*a)
+    assert obj.data_loss(w) == pytest.approx(ref.data_loss(w), rel=1e-13) and not calls
+    w2 = torch.nextafter(w, w + 1)
+    assert obj.data_loss(w2) == pytest.approx(ref.data_loss(w2), rel=1e-13) and calls
+
+
+@pytest.mark.parametrize("anchor", ["retain", "trained"])
+def test_ce_harm_check_reuses_the_iteration_and_scores_what_is_returned(anchor, monkeypatch):
+    """On a retain set within HarmTolerance.samples, the check takes the Newton iteration's own evaluations (no extra
+    forward pass), and its figures are those of the returned weights, recomputed from scratch."""
+    import fastntk.update.oneshot as oneshot
+
+    m, peft, X, y = _harmful_setup()
+    r, f = np.arange(24), np.arange(24, 30)
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    wt = peft.vector().clone()
+    forwards = []
+    check = oneshot.check_update
+
+    def counting(obj, *a, **k):
+        f = obj._f
+        obj._f = lambda *x: forwards.append(1) or f(*x)
+        return check(obj, *a, **k)
+
+    monkeypatch.setattr(oneshot, "check_update", counting)
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=0.5, w0=w0, anchor=anchor)
+    assert not forwards  # both weights were evaluated by the iteration
+    ref = NetworkObjective(peft, X[r], y[r], loss="ce")
+    chk = res.info["harm_check"]
+    l1, a1 = ref.data_loss(res.w_new)
+    l0, a0 = ref.data_loss(wt)
+    assert chk["scale"] == 1.0 and chk["loss_after"] == pytest.approx(l1 / 24, rel=1e-12) and chk["acc_after"] == a1
+    assert chk["loss_before"] == pytest.approx(l0 / 24, rel=1e-12) and chk["acc_before"] == a0
+    assert torch.equal(res.delta, res.w_new - wt)
+
+
 def test_unlearn_refuses_harmful_update_and_leaves_model_bit_identical():
     """The MSE kernel on a model trained with CE, with a huge ridge mismatch: the do-no-harm check must refuse it
     when no damping helps, and inplace=True must not write."""

@@ -31,7 +31,7 @@ from .objective import NetworkObjective
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["HarmTolerance", "HarmCheck", "check_no_harm", "retain_sample"]
+__all__ = ["HarmTolerance", "HarmCheck", "check_no_harm", "check_update", "retain_sample"]
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,14 @@ def retain_sample(n: int, samples: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, int(samples), replace=False))
 
 
-def check_no_harm(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.Tensor, tol: HarmTolerance) -> tuple[torch.Tensor, HarmCheck]:
+def check_no_harm(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.Tensor, tol: HarmTolerance, *,
+                  w_new: torch.Tensor | None = None) -> tuple[torch.Tensor, HarmCheck]:
     """Score ``w_old + sΔ`` (``s = 1, ½, …``) on ``objective``'s samples; return ``(sΔ, check)`` or raise.
 
     ``objective`` carries the retain sample and the training loss (no ridge, no tilt are used here: the
-    check is on the plain data loss and accuracy).
+    check is on the plain data loss and accuracy).  ``w_new``: the full-size update's weights exactly as computed
+    (``w_old + Δ`` up to rounding), scored at ``s = 1`` (so that an ``objective.memo`` entry for them is found); the
+    caller returns these weights when ``check.scale == 1``.
     """
     n = max(objective.n, 1)
     if not tol.enabled:
@@ -99,7 +102,7 @@ def check_no_harm(objective: NetworkObjective, w_old: torch.Tensor, delta: torch
     tries = []
     s = 1.0
     for k in range(tol.max_halvings + 1 if tol.on_harm == "damp" else 1):
-        l1, a1 = objective.data_loss(w_old + s * delta)
+        l1, a1 = objective.data_loss(w_new if (s == 1.0 and w_new is not None) else w_old + s * delta)
         l1 /= n
         ok = bool(np.isfinite(l1) and l1 <= bound and a1 >= acc_floor)
         tries.append({"scale": s, "loss": l1, "acc": a1, "passed": ok})
@@ -118,3 +121,11 @@ def check_no_harm(objective: NetworkObjective, w_old: torch.Tensor, delta: torch
         "(the loss the model was fine-tuned with) and the ridge, or pass harm=HarmTolerance(enabled=False) to skip the check.",
         check=chk,
     )
+
+
+def check_update(objective: NetworkObjective, w_old: torch.Tensor, w_new: torch.Tensor,
+                 tol: HarmTolerance) -> tuple[torch.Tensor, torch.Tensor, HarmCheck]:
+    """:func:`check_no_harm` of ``w_new − w_old``: ``(sΔ, the weights scored, check)`` — at full size exactly ``w_new``
+    (not ``w_old + Δ``, which can differ by a rounding), else ``w_old + sΔ``."""
+    d, chk = check_no_harm(objective, w_old, w_new - w_old, tol, w_new=w_new)
+    return d, (w_new if chk.scale == 1.0 else w_old + d), chk

@@ -10,9 +10,14 @@ linearized)::
 ``λ`` (ridge, sum convention) and its centre ``c``; ``b`` (p,) an optional *tilt*: the linear term that
 makes a given point ``w_ref`` stationary for the full-data objective (see :mod:`fastntk.update.newton`).
 Every pass is one batched forward (value) or forward + backward (gradient) over ``S``.
+
+``memo``: a dict shared by objectives on the *same* samples, loss and function; every pass records the data loss and
+accuracy at its ``w`` (keyed by the exact bytes of ``w``), and :meth:`NetworkObjective.data_loss` answers from it, so
+that the do-no-harm check re-scores nothing the Newton iteration already evaluated.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +47,7 @@ class NetworkObjective:
     ridge, center : ``λ`` and ``c`` (``center`` required when ``ridge > 0``).
     tilt, tilt_ref : ``b`` and ``w_ref`` (both or neither).
     linearized_at : ``w̄`` when the model is the linearization at ``w̄`` (trained with ``linearized-mse``).
+    memo : ``None`` or a dict shared with objectives on the same samples, loss and function (module docstring).
     """
 
     peft: object
@@ -55,6 +61,7 @@ class NetworkObjective:
     tilt_ref: torch.Tensor | None = None
     linearized_at: torch.Tensor | None = None
     batch_size: int = 256
+    memo: dict | None = None
 
     def __post_init__(self):
         if self.loss not in ("ce", "mse"):
@@ -73,7 +80,7 @@ class NetworkObjective:
     def with_tilt(self, tilt: torch.Tensor, ref: torch.Tensor) -> "NetworkObjective":
         """The same objective with the linear term ``−bᵀ(w − w_ref)``."""
         return NetworkObjective(self.peft, self.X, self.y, self.loss, self.target_scale, self.ridge, self.center, tilt, ref,
-                                self.linearized_at, self.batch_size)
+                                self.linearized_at, self.batch_size, self.memo)
 
     def _batches(self):
         dev, dt = self.peft.device, self.peft.dtype
@@ -89,14 +96,26 @@ class NetworkObjective:
             v -= float(self.tilt @ (w - self.tilt_ref))
         return v
 
+    @staticmethod
+    def _key(w: torch.Tensor) -> tuple:
+        b = w.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        return str(w.dtype), tuple(w.shape), hashlib.blake2b(b, digest_size=20).digest()
+
+    def _remember(self, w: torch.Tensor, total: float, hits: int) -> None:
+        if self.memo is not None:
+            self.memo[self._key(w)] = (total, hits / max(self.n, 1))
+
     @torch.no_grad()
     def data_loss(self, w: torch.Tensor) -> tuple[float, float]:
-        """``(Σ_i ℓ_i, accuracy)`` at ``w`` (no ridge, no tilt): one forward pass."""
+        """``(Σ_i ℓ_i, accuracy)`` at ``w`` (no ridge, no tilt): one forward pass, or none when ``memo`` has ``w``."""
+        if self.memo is not None and (hit := self.memo.get(self._key(w))) is not None:
+            return hit
         total, hits = 0.0, 0
         for xb, yb in self._batches():
             out = self._f(w, xb)
             total += float(peft_loss(out, yb, self.loss, self.target_scale).sum())
             hits += int((out.argmax(-1) == yb).sum())
+        self._remember(w, total, hits)
         return total, hits / max(self.n, 1)
 
     def value(self, w: torch.Tensor) -> float:
@@ -105,14 +124,17 @@ class NetworkObjective:
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``(F(w), ∇F(w))``: one forward + backward pass."""
-        total = 0.0
+        total, hits = 0.0, 0
         grad = torch.zeros_like(w)
         for xb, yb in self._batches():
             wv = w.detach().clone().requires_grad_(True)
-            lv = peft_loss(self._f(wv, xb), yb, self.loss, self.target_scale).sum()
+            out = self._f(wv, xb)
+            lv = peft_loss(out, yb, self.loss, self.target_scale).sum()
             (g,) = torch.autograd.grad(lv, wv)
             grad += g
             total += float(lv.detach())
+            hits += int((out.detach().argmax(-1) == yb).sum())
+        self._remember(w, total, hits)
         if self.ridge > 0:
             grad += self.ridge * (w - self.center)
         if self.tilt is not None:

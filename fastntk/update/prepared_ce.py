@@ -21,7 +21,7 @@ from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .options import DEFAULT_RTOL
-from .guard import HarmTolerance, check_no_harm, retain_sample
+from .guard import HarmTolerance, check_update, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
 from .policy import ce_anchor
@@ -91,15 +91,15 @@ class CEUnlearner(RequestStream):
         curv = FrozenCurvature(self.G_D, self.trace_D, self._rows(all_f))
         r = tilted_newton(self.peft, (X_r, y_r), (X_f, y_f), w_trained=self.w, w0=self.w0, loss="ce", ridge=self.ridge,
                           newton=newton, jac=JacobianOptions(), ctx=ctx, tilt=anchor == "trained", curvature=curv)
-        delta = r.w - self.w
         t = time.perf_counter()
         s = torch.as_tensor(retain_sample(X_r.shape[0], self.harm.samples))
-        delta, chk = check_no_harm(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce"), self.w, delta, self.harm)
+        memo = r.memo if s.numel() == X_r.shape[0] else None  # the whole retain set: the iteration's evaluations serve
+        delta, w_new, chk = check_update(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce", memo=memo), self.w, r.w, self.harm)
         timings = dict(r.timings, **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
         reasons = {"anchor": why, "ridge": r.ridge_info["rule"] + f": λ = {r.ridge:.4g}", "solver": r.solver,
                    "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",
                    "form": "prepared CE Unlearner: Newton iteration with the curvature frozen at the prepared weights"}
-        res = UnlearnResult(delta=delta, w_new=self.w + delta, w_old=self.w.clone(), form="primal", strategy="cached",
+        res = UnlearnResult(delta=delta, w_new=w_new, w_old=self.w.clone(), form="primal", strategy="cached",
                             space="primal", loss="ce", scale=chk.scale, reasons=reasons, solves=ctx.solves, timings=timings,
                             info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n,
                                   "p": self.peft.p, "ridge": r.ridge, "anchor": anchor, "steps": r.newton.steps,

@@ -193,6 +193,7 @@ class TiltedResult:
     solver: str
     sketch: dict | None = None
     curvature: str = ""  # which curvature source ran and why
+    memo: dict | None = None  # data loss / accuracy on D_r at every w the iteration evaluated (NetworkObjective.memo)
 
 
 def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
@@ -214,13 +215,16 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     center = w_trained.detach().clone() if (w0 is None or center == "trained") else w0.detach()
     if ridge == "stationarity" and w0 is None:
         raise InvalidInputError("ridge='stationarity' needs w0, the PEFT vector before fine-tuning; or pass ridge=")
-    L_r, g_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)
+    memo = {}  # D_r's data loss and accuracy at every w evaluated (the do-no-harm check reuses them)
+    L_r, g_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size,
+                                memo=memo).value_and_grad(w_trained)
     g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
     t_grad = time.perf_counter() - t0
     steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f),
                         fixed_point_exact=not tilt and newton.curvature == "relinearize" and curvature is None)
     lam, rinfo = _select_ridge(ridge, g_r + g_f, w_trained, center, steps, int(X_r.shape[0]))
-    F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt)
+    F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt,
+                                   memo)
     steps.lam = lam
     if newton.stop_on_growth is None:
         newton = dataclasses.replace(newton, stop_on_growth=tilt)
@@ -231,7 +235,7 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
                         sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
-                        curvature=info.get("curvature") or "a given frozen curvature (prepared state)")
+                        curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo)
 
 
 def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: torch.Tensor, steps: "_StepSolver", n_r: int):
@@ -262,15 +266,16 @@ def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: tor
     return lam, rinfo
 
 
-def _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt):
+def _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt, memo=None):
     """``(F_r, (F_r(w_t), ∇F_r(w_t)))``: the tilted (``b = g_D + λ(w_t − c)``, ``∇F_r(w_t) = −g_f``) or plain objective."""
     d = w_trained - center
     F0 = L_r + 0.5 * lam * float(d @ d)  # the tilt term is 0 at its reference w_t
     if tilt:
         F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
-                               tilt=g_r + g_f + lam * d, tilt_ref=w_trained.detach().clone(), batch_size=batch_size)
+                               tilt=g_r + g_f + lam * d, tilt_ref=w_trained.detach().clone(), batch_size=batch_size, memo=memo)
         return F_r, (F0, -g_f)
-    F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center, batch_size=batch_size)
+    F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center, batch_size=batch_size,
+                           memo=memo)
     return F_r, (F0, g_r + lam * d)
 
 
