@@ -205,6 +205,26 @@ def relabel(runs) -> list:
     return runs
 
 
+def per_run_table(rs, methods) -> str:
+    """avg gap (pp) of every run (the targets are per class: ≤ floor + 1.5 pp, below every baseline), the time ratio
+    of the variants and, for the prepared Unlearner, its preparation ÷ the retraining."""
+    head = ["run", "floor"] + [f"{m} gap" for m in methods] + [f"{m} ×retrain" for m in methods if m not in BASELINES]
+    prep = any("prepare" in r["methods"].get(m, {}).get("timings", {}) for r in rs for m in methods)
+    head += ["prepare ×retrain"] if prep else []
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rs:
+        ms = r["methods"]
+        row = [f"seed {r['seed']}" + ("" if r["forget_class"] is None else f", class {r['forget_class']}"),
+               f"{ms['retrain (seed 2)']['avg_gap']:.2f}"]
+        row += [f"{ms[m]['avg_gap']:.2f}" if "avg_gap" in ms.get(m, {}) else "–" for m in methods]
+        row += [f"{ms[m]['time_ratio']:.2f}" if "time_ratio" in ms.get(m, {}) else "–" for m in methods if m not in BASELINES]
+        if prep:
+            t = [ms[m]["timings"]["prepare"] for m in methods if "prepare" in ms.get(m, {}).get("timings", {})]
+            row.append(f"{t[0] / r['retrain_seconds']:.2f}" if t else "–")
+        out.append("| " + " | ".join(row) + " |")
+    return "\nPer run (avg gap in pp):\n\n" + "\n".join(out) + "\n"
+
+
 def summarize(runs, variants) -> tuple[dict, str]:
     from fastntk.metrics import MetricsTable
 
@@ -245,6 +265,8 @@ def summarize(runs, variants) -> tuple[dict, str]:
             d = [r["methods"].get("Fast-NTK (default)", {}) for r in rs]
             steps = [(x.get("steps"), x.get("anchor")) for x in d if "error" not in x]
             lines.append(f"\nDefault route per run (steps, anchor): {steps}.\n")
+            if len(rs) > 1:
+                lines.append(per_run_table(rs, [m for m in names[2:] if any(m in r["methods"] for r in rs)]))
     md = ("Cross-entropy fine-tuning until a validation split stops improving; means over runs (± in the JSON). UA, RA, TA, "
           "MIA in %; avg_gap in pp vs the gold retrain (lower is better; the floor is a second retrain); time_ratio = seconds "
           "÷ retrain seconds (the retrain includes its validation passes; 2 shared cores with 3–4 concurrent jobs: ratios "

@@ -103,6 +103,8 @@ class Scenario:
         r_eval = np.sort(rng.permutation(len(self.r_idx))[: args.n_eval])
         self.retain_eval = self.retain.subset(r_eval)
         self.recipe = self.cfg.finetune_recipe()
+        if args.patience:  # the practitioner's recipe: stop once the validation split stops improving (epochs = maximum)
+            self.recipe.update(val=self.val, patience=args.patience)
         self.linearized = finetune == "linearized"
         self.k = len(self.cfg.finetune_classes)
         self.torch = torch
@@ -135,7 +137,8 @@ SEED_STRIDE = 1000  # batch_schedule(seed, epoch) draws with seed + epoch: strid
 
 
 def train_models(sc: Scenario, seed: int):
-    """(w0, original, oracle) of one seed, and the retraining seconds (batch order seed ``SEED_STRIDE·seed``)."""
+    """(w0, original, oracle) of one seed, the retraining seconds and the epochs (run, best) of both (batch order seed
+    ``SEED_STRIDE·seed``)."""
     from fastntk import baselines as B
     from fastntk.train import finetune_peft
 
@@ -143,7 +146,8 @@ def train_models(sc: Scenario, seed: int):
     ft = finetune_peft(sc.peft, sc.train, w0=w0, seed=SEED_STRIDE * seed, desc="fine-tune", **sc.recipe)
     gold = B.retrain(sc.peft, sc.train, sc.f_idx, w0=w0, seed=SEED_STRIDE * seed, **sc.recipe)
     sc.peft.write(ft.w)
-    return w0, ft.w.clone(), gold.w.clone(), gold.seconds
+    epochs = {"finetune": [ft.epochs_run, ft.best_epoch], "retrain": [gold.log.epochs_run, gold.log.best_epoch]}
+    return w0, ft.w.clone(), gold.w.clone(), gold.seconds, epochs
 
 
 def run_baseline(sc: Scenario, name: str, w, w0, seed: int, hp: dict):
@@ -246,12 +250,13 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
           f"n_val={len(sc.val)}, p={sc.peft.p}, N={N}", flush=True)
     labels = {"forget": sc.forget.y.numpy(), "retain": sc.retain_eval.y.numpy(), "held-out": sc.test.y.numpy()}
     seeds = list(range(N))
-    models, retrain_s = [], []
+    models, retrain_s, epochs = [], [], []
     t = time.perf_counter()
     for s in seeds:
-        w0, w, o, sec = train_models(sc, s)
+        w0, w, o, sec, ep = train_models(sc, s)
         models.append((w0, w, o))
         retrain_s.append(sec)
+        epochs.append(ep)
     print(f"  {N} originals + {N} oracles trained in {time.perf_counter() - t:.0f}s", flush=True)
     # the seeds share the pretrained BN entries of w0 and differ in the head only
     w0_diff = max(int((m[0] != models[0][0]).sum()) for m in models)
@@ -308,7 +313,7 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
             "sizes": {"n_train": len(sc.train), "n_forget": int(len(sc.f_idx)), "n_retain_eval": len(sc.retain_eval),
                       "n_heldout": len(sc.test), "n_val": len(sc.val), "p": sc.peft.p, "head_params": head_params,
                       "w0_max_entries_differing": w0_diff},
-            "retrain_seconds": float(np.mean(retrain_s)), "hp_selection": hps, "hp_selection_seconds": t_hp,
+            "retrain_seconds": float(np.mean(retrain_s)), "epochs": epochs, "hp_selection": hps, "hp_selection_seconds": t_hp,
             "fastntk_info": {k: v.get("info") for k, v in methods.items() if k.startswith("Fast-NTK")},
             "rows": rows, "rows_full": rows_full}
 
@@ -360,6 +365,13 @@ def report(results: list, args) -> str:
         z = res["sizes"]
         out.append(f"### {res['forget']} forgetting, {res['finetune']} fine-tuning — n_train={z['n_train']}, "
                    f"n_forget={z['n_forget']}, p={z['p']}\n")
+        ep = res.get("epochs")
+        if ep:
+            rng = {k: (min(e[k][0] for e in ep), max(e[k][0] for e in ep)) for k in ("finetune", "retrain")}
+            out.append(("Early stopping on the validation split (patience " + str(args.patience) + ", at most "
+                        + str(args.epochs) + " epochs): " if args.patience else f"Fixed {args.epochs} epochs: ")
+                       + f"fine-tuning ran {rng['finetune'][0]}–{rng['finetune'][1]} epochs, retraining "
+                       f"{rng['retrain'][0]}–{rng['retrain'][1]}.\n")
         out.append(f"N/2 vs N/2 ({res['half']} unlearned of seeds 0..{res['half'] - 1} vs the oracles of seeds "
                    f"{res['half']}..{res['N'] - 1}; the floor: the oracles of seeds 0..{res['half'] - 1} vs the same):\n")
         out.append(markdown_table(["method"] + COLS, [_row(k, v) for k, v in res["rows"].items()]))
@@ -409,7 +421,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--n-eval", type=int, default=500, help="retain-subset and held-out points scored")
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=5, help="epochs (the maximum with --patience)")
+    ap.add_argument("--patience", type=int, default=0,
+                    help="early stopping: stop once the validation split has not improved for this many epochs (0: fixed epochs)")
     ap.add_argument("--pretrain-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--batch-size", type=int, default=64)
