@@ -440,7 +440,7 @@ def main(argv=None) -> int:
 
     if args.quick:
         args.n, args.size, args.n_train, args.n_val, args.n_eval = 4, 8, 300, 100, 100
-        args.epochs, args.pretrain_epochs = 2, 1
+        args.epochs, args.pretrain_epochs = (2 if not args.patience else min(args.epochs, 4)), 1
         args.hp_budget = args.hp_budget or 2
     args.hp_budget = args.hp_budget or HP_BUDGET
     if args.n < 4 or args.n % 2:

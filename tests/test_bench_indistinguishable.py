@@ -56,3 +56,21 @@ def test_bench_indistinguishable_quick(tmp_path):
             assert all(0 <= s < res["half"] for s in row.get("failed_seeds", [])), name
     md = (tmp_path / "indistinguishable_quick.md").read_text(encoding="utf-8")
     assert "oracle vs oracle (floor)" in md and "Environment:" in md
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="Fashion-MNIST IDX files not installed")
+def test_bench_indistinguishable_early_stopping(tmp_path):
+    """--patience: fine-tuning and every oracle stop on the validation split; the epochs run are recorded."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_indistinguishable.py"), "--quick", "--scenarios",
+                        "class", "--finetune", "standard", "--epochs", "4", "--patience", "1", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(tmp_path / "indistinguishable_quick.json", encoding="utf-8") as fh:
+        res = json.load(fh)["results"][0]
+    assert len(res["epochs"]) == 4
+    for ep in res["epochs"]:
+        for k in ("finetune", "retrain"):
+            run, best = ep[k]
+            assert 1 <= best <= run <= 4 and (run == 4 or run == best + 1)  # patience 1: the first non-improving epoch ends it
+    assert "Early stopping on the validation split (patience 1" in (tmp_path / "indistinguishable_quick.md").read_text()
