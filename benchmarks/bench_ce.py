@@ -117,6 +117,21 @@ def _cached_experiment(cfg, folder):
                       rows=d["rows"], times=d["times"])
 
 
+def _gradient_pass_seconds(e) -> float:
+    """Seconds of one gradient pass (forward + backward of the summed CE) over D_r at the trained weights, the fastest
+    of two: every method's cost is also reported in these units, which the machine's load changes less than a ratio to a
+    retraining timed in another process (retraining's own cost in these units is about its epochs run)."""
+    from fastntk.update.objective import NetworkObjective
+
+    obj = NetworkObjective(e.peft, e.retain.X, e.retain.y, loss="ce")
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        obj.value_and_grad(e.w_trained)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def run_one(args, model, scen, seed, cls) -> dict:
     import torch
 
@@ -136,6 +151,7 @@ def run_one(args, model, scen, seed, cls) -> dict:
                        "floor": [e.floor.log.epochs_run, e.floor.log.best_epoch]},
             "sizes": {"n_train": len(e.train), "n_forget": int(e.f_idx.size), "n_val": int(round(cfg.val_fraction * (len(e.train) / (1 - cfg.val_fraction)))),
                       "p": e.peft.p, "C": len(cfg.finetune_classes)}}
+    info["gradient_pass_seconds"] = _gradient_pass_seconds(e)  # the cost unit, measured in this process (load-independent ratios)
     for name in args.variants:
         e.peft.write(e.w_trained)
         t = time.perf_counter()
@@ -185,6 +201,7 @@ def run_one(args, model, scen, seed, cls) -> dict:
         if "error" not in m:
             m["avg_gap"] = avg_gap(m, gold_m)
             m["time_ratio"] = m.get("seconds", float("nan")) / max(e.gold.seconds, 1e-12)
+            m["gradient_passes"] = m.get("seconds", float("nan")) / info["gradient_pass_seconds"]
     info["methods"] = rows
     print(f"{model} {scen} seed {seed}: floor {rows['retrain (seed 2)']['avg_gap']:.2f} pp, original {rows['original']['avg_gap']:.2f} pp, "
           f"default {rows.get('Fast-NTK (default)', {}).get('avg_gap', float('nan')):.2f} pp", flush=True)
@@ -207,8 +224,11 @@ def relabel(runs) -> list:
 
 def per_run_table(rs, methods) -> str:
     """avg gap (pp) of every run (the targets are per class: ≤ floor + 1.5 pp, below every baseline), the time ratio
-    of the variants and, for the prepared Unlearner, its preparation ÷ the retraining."""
+    of the variants (and their cost in gradient passes over D_r, beside the epochs retraining ran) and, for the prepared
+    Unlearner, its preparation ÷ the retraining."""
     head = ["run", "floor"] + [f"{m} gap" for m in methods] + [f"{m} ×retrain" for m in methods if m not in BASELINES]
+    passes = any("gradient_passes" in r["methods"].get(m, {}) for r in rs for m in methods)
+    head += ([f"{m} gradient passes" for m in methods if m not in BASELINES] + ["retrain epochs"]) if passes else []
     prep = any("prepare" in r["methods"].get(m, {}).get("timings", {}) for r in rs for m in methods)
     head += ["prepare ×retrain"] if prep else []
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -218,6 +238,9 @@ def per_run_table(rs, methods) -> str:
                f"{ms['retrain (seed 2)']['avg_gap']:.2f}"]
         row += [f"{ms[m]['avg_gap']:.2f}" if "avg_gap" in ms.get(m, {}) else "–" for m in methods]
         row += [f"{ms[m]['time_ratio']:.2f}" if "time_ratio" in ms.get(m, {}) else "–" for m in methods if m not in BASELINES]
+        if passes:
+            row += [f"{ms[m]['gradient_passes']:.1f}" if "gradient_passes" in ms.get(m, {}) else "–" for m in methods
+                    if m not in BASELINES] + [str(r["epochs"]["retrain"][0])]
         if prep:
             t = [ms[m]["timings"]["prepare"] for m in methods if "prepare" in ms.get(m, {}).get("timings", {})]
             row.append(f"{t[0] / r['retrain_seconds']:.2f}" if t else "–")
