@@ -320,6 +320,9 @@ def test_prepared_ce_unlearner_first_step_equals_one_shot_and_sequences_commit()
     assert req.info["anchor"] == "trained" and req.info["steps"] == 1
     np.testing.assert_allclose(req.delta.numpy(), one.delta.numpy(), rtol=1e-7, atol=1e-10)
     assert req.info["ridge"] == pytest.approx(one.info["ridge"], rel=1e-10)
+    chk, ref = req.info["harm_check"], NetworkObjective(peft, X[r], y[r], loss="ce")  # the reused figures are the true ones
+    assert chk["loss_after"] == pytest.approx(ref.data_loss(req.w_new)[0] / r.size, rel=1e-12)
+    assert chk["loss_before"] == pytest.approx(ref.data_loss(req.w_old)[0] / r.size, rel=1e-12)
     w_before = u.w.clone()
     from fastntk.errors import ForgetSetError
 
