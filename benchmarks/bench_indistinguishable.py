@@ -234,6 +234,10 @@ def score(unl: list, orc: list, labels: dict) -> dict:
     ra = (float(np.mean([u["acc_retain"] for u in unl])), float(np.mean([o["acc_retain"] for o in orc])))
     ta = (float(np.mean([u["acc_held-out"] for u in unl])), float(np.mean([o["acc_held-out"] for o in orc])))
     cs = challenge_score(np.stack([u["forget"] for u in unl]), np.stack([o["forget"] for o in orc]), ra=ra, ta=ta)
+    # the kit scans "unlearned when value > t" only: an ensemble more confident than the oracles (the untouched model on a
+    # forgotten class) is caught only at full separation; the two-sided F adds the complementary attacks
+    cs2 = challenge_score(np.stack([u["forget"] for u in unl]), np.stack([o["forget"] for o in orc]), two_sided=True)
+    out["F_two_sided"] = cs2["F"]
     e = cs["epsilon"]
     q = lambda a: None if np.isinf(a) else float(a)  # noqa: E731  (JSON has no infinity: ε = ∞ is written as null)
     out.update(F=cs["F"], score=cs["score"], epsilon_values=[q(v) for v in e],
@@ -321,7 +325,7 @@ def run_scenario(args, finetune: str, forget: str) -> dict:
 # ------------------------------------------------------------------------------------------ report
 
 
-COLS = ["F", "score", "KLoM f med", "KLoM f p95", "KLoM r med", "KLoM r p95", "KLoM h med", "KLoM h p95", "UA", "RA", "TA",
+COLS = ["F", "F₂", "score", "KLoM f med", "KLoM f p95", "KLoM r med", "KLoM r p95", "KLoM h med", "KLoM h p95", "UA", "RA", "TA",
         "s", "× retrain"]
 
 
@@ -331,7 +335,7 @@ def _row(name: str, r: dict) -> list:
     if r.get("failed_seeds"):
         name += f" (refused on {len(r['failed_seeds'])} of {r['n_unlearned']}: scored untouched there)"
     k = lambda s, q: r[f"klom_{s}"][q]  # noqa: E731
-    return [name, r["F"], r["score"], k("forget", "median"), k("forget", "p95"), k("retain", "median"), k("retain", "p95"),
+    return [name, r["F"], r.get("F_two_sided", float("nan")), r["score"], k("forget", "median"), k("forget", "p95"), k("retain", "median"), k("retain", "p95"),
             k("held-out", "median"), k("held-out", "p95"), 100 * r["UA"], 100 * r["RA"], 100 * r["TA"],
             r.get("seconds", float("nan")), r.get("time_ratio", float("nan"))]
 
@@ -348,6 +352,9 @@ def _verdict(res: dict) -> str:
     s = (f"Best F: {best_f} ({cand[best_f]['F']:.3f}; floor {floor['F']:.3f}). Lowest forget-set KLoM median: {best_med} "
          f"({cand[best_med]['klom_forget']['median']:.3f}; floor {floor['klom_forget']['median']:.3f}); lowest p95: "
          f"{best_p95} ({cand[best_p95]['klom_forget']['p95']:.3f}; floor {floor['klom_forget']['p95']:.3f}).")
+    if all("F_two_sided" in v for v in rows.values()):
+        best_f2 = max(cand, key=lambda k: cand[k]["F_two_sided"])
+        s += f" Best two-sided F₂: {best_f2} ({cand[best_f2]['F_two_sided']:.3f}; floor {floor['F_two_sided']:.3f})."
     if "Fast-NTK" in cand:
         s += f" Fast-NTK: F − floor = {cand['Fast-NTK']['F'] - floor['F']:+.3f}."
     return s
@@ -358,7 +365,9 @@ def report(results: list, args) -> str:
 
     out = [f"N = {args.n} originals and N oracles per scenario (fine-tuning seeds 0..N−1); {args.model}, {args.size}×{args.size} "
            "Fashion-MNIST, BN + head PEFT. **F** (challenge forgetting quality, higher is better, 1 = every forget example "
-           "has ε < 0.5) and **score** = F·RA_u/RA_r·TA_u/TA_r; **KLoM** (lower is better) median / 95th percentile over "
+           "has ε < 0.5), **F₂** the same with two-sided threshold attacks (the kit's one-sided scan cannot see an ensemble more "
+           "confident than the oracles, e.g. the untouched model on a forgotten class, short of full separation) and "
+           "**score** = F·RA_u/RA_r·TA_u/TA_r; **KLoM** (lower is better) median / 95th percentile over "
            "forget (f), retain-subset (r) and held-out (h) points; UA/RA/TA in % (mean over models); s = unlearning seconds "
            "per model (optimisation only; Fast-NTK with ridge matching), × retrain = ÷ the mean retraining time.\n"]
     for res in results:
