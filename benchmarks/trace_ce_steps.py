@@ -55,6 +55,34 @@ def trace_one(args, model: str, seed: int, cls: int) -> dict:
     return {"model": model, "seed": seed, "class": cls, "floor": floor, "retrain_seconds": e.gold.seconds, "stop": r.newton.stop_reason, "steps": rows}
 
 
+def stop_step(steps: list, rel: float) -> int:
+    """The step at which the default stopping rule with threshold ``rel`` would have stopped this traced iteration
+    (``k > 1``, ``δ²_k ≤ rel·δ²_1``, the step's decrease ``≤ rel×`` the first's, ``ρ ≥ ¼``; else the last step)."""
+    for s in steps:
+        if s["step"] > 1 and s["rel_decrement"] <= rel and s["rel_drop"] <= rel and (s.get("rho") or 0.0) >= 0.25:
+            return s["step"]
+    return len(steps)
+
+
+def threshold_study(files: list, rels=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3)) -> tuple[dict, str]:
+    """Replay the stopping rule on traced iterations (the traces ran without the decrement stop, so every threshold's
+    iterate is in them): per threshold the stopping step and avg gap of each request, their means."""
+    import json
+
+    runs = [(f"{r['model']} c{r['class']}", r) for f in files for r in json.load(open(f))["runs"]]
+    out, rows = {}, []
+    for rel in rels:
+        per = {name: (k := stop_step(r["steps"], rel), r["steps"][k - 1]["gap"]) for name, r in runs}
+        out[str(rel)] = {"per_request": per, "mean_gap": sum(g for _, g in per.values()) / len(per),
+                         "mean_steps": sum(k for k, _ in per.values()) / len(per)}
+        rows.append([rel, f"{out[str(rel)]['mean_gap']:.2f}", f"{out[str(rel)]['mean_steps']:.1f}"]
+                    + [f"{k} / {g:.2f}" for k, g in per.values()])
+    head = ["rel_decrement", "mean gap", "mean steps"] + [f"{n} (floor {r['floor']:.2f})" for n, r in runs]
+    md = ("The stopping rule replayed on the traced iterations at other thresholds (steps / avg gap in pp of each request; "
+          "the default is 0.05).\n\n" + markdown_table(head, rows) + "\n")
+    return out, md
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["fastntk_cnn_small"])
@@ -70,8 +98,16 @@ def main(argv=None) -> int:
     ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups")
     ap.add_argument("--name", default="trace_ce_steps")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threshold-study", nargs="+", default=None, metavar="JSON",
+                    help="replay the stopping rule at other thresholds on these traces' JSON files, run nothing")
     args = ap.parse_args(argv)
     args.quick = False
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    if args.threshold_study:
+        study, md = threshold_study(args.threshold_study)
+        write_results(args.name, {"env": environment(), "args": vars(args), "study": study}, md, out)
+        print(md)
+        return 0
     set_threads(args.threads)
     runs = [trace_one(args, m, i, c) for m in args.models for i, c in enumerate(args.classes)]
     lines = ["Class requests, the default iteration run to 16 steps without the decrement stop, scored after every step "
@@ -86,7 +122,6 @@ def main(argv=None) -> int:
                                       f"{100 * s['TA']:.1f}", f"{s['seconds']:.1f}"] for s in r["steps"]]))
         lines.append("")
     md = "\n".join(lines)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     write_results(args.name, {"env": environment(), "args": vars(args), "runs": runs}, md, out)
     print(md)
     return 0
