@@ -221,7 +221,7 @@ def test_ce_harm_check_reuses_the_iteration_and_scores_what_is_returned(anchor, 
     l0, a0 = ref.data_loss(wt)
     assert chk["scale"] == 1.0 and chk["loss_after"] == pytest.approx(l1 / 24, rel=1e-12) and chk["acc_after"] == a1
     assert chk["loss_before"] == pytest.approx(l0 / 24, rel=1e-12) and chk["acc_before"] == a0
-    assert torch.equal(res.delta, res.w_new - wt)
+    assert torch.equal(res.w_old + res.delta, res.w_new)
 
 
 def test_unlearn_refuses_harmful_update_and_leaves_model_bit_identical():

@@ -123,9 +123,10 @@ def check_no_harm(objective: NetworkObjective, w_old: torch.Tensor, delta: torch
     )
 
 
-def check_update(objective: NetworkObjective, w_old: torch.Tensor, w_new: torch.Tensor,
+def check_update(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.Tensor,
                  tol: HarmTolerance) -> tuple[torch.Tensor, torch.Tensor, HarmCheck]:
-    """:func:`check_no_harm` of ``w_new − w_old``: ``(sΔ, the weights scored, check)`` — at full size exactly ``w_new``
-    (not ``w_old + Δ``, which can differ by a rounding), else ``w_old + sΔ``."""
-    d, chk = check_no_harm(objective, w_old, w_new - w_old, tol, w_new=w_new)
+    """:func:`check_no_harm` of ``Δ``: ``(sΔ, w_old + sΔ, check)``; the weights scored are exactly those returned (at full
+    size ``w_old + Δ``, which an ``objective.memo`` entry of the update's own computation matches)."""
+    w_new = w_old + delta
+    d, chk = check_no_harm(objective, w_old, delta, tol, w_new=w_new)
     return d, (w_new if chk.scale == 1.0 else w_old + d), chk

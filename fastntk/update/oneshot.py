@@ -81,17 +81,17 @@ def _check_ridge(ridge, route: str):
     return check_scalar("ridge", ridge, positive=route == "ce", nonneg=True)
 
 
-def _harm_check(peft, inp: Inputs, trained_with, w_new, w0, harm, target_scale, memo=None):
+def _harm_check(peft, inp: Inputs, trained_with, delta, w0, harm, target_scale, memo=None):
     """The do-no-harm check (:mod:`fastntk.update.guard`) on a fixed retain sample with the training loss:
-    ``(sΔ, weights, check)``.  ``memo``: the CE iteration's evaluations on all of ``D_r`` (used when the sample is all of
-    it)."""
+    ``(sΔ, w_trained + sΔ, check)``.  ``memo``: the CE iteration's evaluations on all of ``D_r`` (used when the sample is
+    all of it; the iteration's last weights are ``w_trained + Δ`` bit for bit)."""
     if trained_with == "linearized-mse" and w0 is None:
         raise InvalidInputError("trained_with='linearized-mse' needs w0 (the linearization point) for the do-no-harm check")
     idx = torch.as_tensor(retain_sample(inp.n_r, harm.samples))
     obj = NetworkObjective(peft, inp.X_r[idx], inp.y_r[idx], loss=loss_of(trained_with), target_scale=target_scale,
                            linearized_at=w0 if trained_with == "linearized-mse" else None,
                            memo=memo if idx.numel() == inp.n_r else None)
-    return check_update(obj, inp.w_trained, w_new, harm)
+    return check_update(obj, inp.w_trained, delta, harm)
 
 
 # ------------------------------------------------------------------------------------------------ the MSE route
@@ -132,7 +132,7 @@ def _first_update(plan, opts, ctx, peft, inp: Inputs, lam, timings, progress):
 
 
 def _run_mse(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.Tensor, float, dict]:
-    """``(w_new, scale, out)``."""
+    """``(Δ, scale, out)``."""
     timings = {}
     lam, ridge_info = _mse_ridge(plan, opts, peft, inp, ridge, w0, timings)
     lam_r, _ = plan.ridges(lam, inp.n_r, inp.n_f)
@@ -144,7 +144,7 @@ def _run_mse(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.
     info = {"ridge": lam, "ridge_effective": lam_r, "steps": plan.steps, "ridge_selection": ridge_info}
     w_new = relinearized_steps(plan, opts, ctx, peft, (inp.X_r, inp.y_r), w_new, inp.w_bar, lam_r, inp.C, timings, info, progress)
     out = dict(form=plan.form, strategy=strategy, space=space, loss="mse", timings=timings, solves=ctx.solves, info=info)
-    return w_new, s, out
+    return w_new - inp.w_trained, s, out
 
 
 # ------------------------------------------------------------------------------------------------ the CE route
@@ -165,7 +165,7 @@ def _newton_options(plan, opts) -> NewtonOptions:
 
 
 def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.Tensor, float, dict]:
-    """``(w_new, 1, out)``; ``out["memo"]``: the iteration's evaluations on ``D_r`` (for the do-no-harm check)."""
+    """``(Δ, 1, out)``; ``out["memo"]``: the iteration's evaluations on ``D_r`` (for the do-no-harm check)."""
     if plan.anchor == "by-request":
         plan.anchor = plan.choose("anchor", *ce_anchor(inp.y_r, inp.y_f))
     newton = _newton_options(plan, opts)
@@ -178,14 +178,14 @@ def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.T
     plan.choose("strategy", r.strategy.split(" ")[0], r.strategy)
     plan.choose("solver", "direct" if r.solver.startswith("direct") else "cg", r.solver)
     plan.choose("stop", r.newton.steps, f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}")
-    if not torch.isfinite(r.w).all():
+    if not torch.isfinite(r.delta).all():
         raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge")
     plan.choose("curvature_source", "sketch" if r.sketch is not None else "exact", r.curvature)
     info = {"ridge": r.ridge, "ridge_effective": r.ridge, "steps": r.newton.steps, "newton": r.newton.summary(),
             "ridge_selection": r.ridge_info, "grad_forget_norm": r.grad_forget_norm, "sketch": r.sketch}
     out = dict(form="primal", strategy=r.strategy.split(" ")[0], space="primal", loss="ce", timings=dict(r.timings),
                solves=ctx.solves, info=info, memo=r.memo)
-    return r.w, 1.0, out
+    return r.delta, 1.0, out
 
 
 # ------------------------------------------------------------------------------------------------ the entry point
@@ -226,9 +226,9 @@ def unlearn(model: torch.nn.Module, peft, retain, forget, *, trained_with: str, 
     inp = _read_inputs(model, peft, retain, forget, opts, plan, w0)
     plan_sizes(plan, opts, peft, ridge=ridge, w0=w0, n_r=inp.n_r, n_f=inp.n_f, C=inp.C)
     _record_solver_plan(plan, opts)
-    w_new, s, out = (_run_ce if plan.route == "ce" else _run_mse)(plan, opts, peft, inp, ridge, w0, progress)
+    delta, s, out = (_run_ce if plan.route == "ce" else _run_mse)(plan, opts, peft, inp, ridge, w0, progress)
     t = time.perf_counter()
-    delta, w_new, chk = _harm_check(peft, inp, trained_with, w_new, w0, opts.harm,
+    delta, w_new, chk = _harm_check(peft, inp, trained_with, delta, w0, opts.harm,
                                     opts.target_scale if plan.route == "mse" else 1.0, out.pop("memo", None))
     timings = dict(out.pop("timings"), **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t_all})
     info = {"n_retain": inp.n_r, "n_forget": inp.n_f, "C": inp.C, "p": peft.p, "linearize_at": plan.linearize_at,

@@ -94,7 +94,8 @@ class CEUnlearner(RequestStream):
         t = time.perf_counter()
         s = torch.as_tensor(retain_sample(X_r.shape[0], self.harm.samples))
         memo = r.memo if s.numel() == X_r.shape[0] else None  # the whole retain set: the iteration's evaluations serve
-        delta, w_new, chk = check_update(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce", memo=memo), self.w, r.w, self.harm)
+        delta, w_new, chk = check_update(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce", memo=memo), self.w,
+                                         r.delta, self.harm)
         timings = dict(r.timings, **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
         reasons = {"anchor": why, "ridge": r.ridge_info["rule"] + f": λ = {r.ridge:.4g}", "solver": r.solver,
                    "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",

@@ -183,7 +183,8 @@ def sketch_error(src, g: torch.Tensor, lam: float) -> dict | None:
 
 @dataclass
 class TiltedResult:
-    w: torch.Tensor
+    w: torch.Tensor  # w_trained + delta, bit for bit the last weights evaluated
+    delta: torch.Tensor
     ridge: float
     ridge_info: dict
     newton: NewtonReport
@@ -228,11 +229,11 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     steps.lam = lam
     if newton.stop_on_growth is None:
         newton = dataclasses.replace(newton, stop_on_growth=tilt)
-    w, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
+    w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
     info = steps.info
     timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"],
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"]}
-    return TiltedResult(w=w, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
+    return TiltedResult(w=w, delta=delta, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
                         sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
                         curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo)
