@@ -16,6 +16,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_stop02_cnn", "Cross-entropy, the current default (stopping threshold 0.2), one class: small BN CNN (baselines: ce_final_cnn)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' --baselines --name ce_stop02_cnn"),
+    ("ce_stop02_other", "Cross-entropy, the current default (stopping threshold 0.2), one class: ViT and resnet10t (baselines: ce_seeds_vit, ce_seeds_r10)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny resnet10t --classes 0 1 2 --scenarios class --limit 2000 --variants 'Fast-NTK (default)' --baselines --name ce_stop02_other"),
+    ("ce_stop02_r18", "Cross-entropy, the current default (stopping threshold 0.2), one class: resnet18 (baselines: ce_seeds_r18)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet18 --classes 0 1 2 --scenarios class --limit 2000 --variants 'Fast-NTK (default)' --baselines --name ce_stop02_r18"),
     ("ce_seeds_vit", "Cross-entropy, the current default, three classes (seed = class index) with the baselines: ViT with visual prompts",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --classes 0 1 2 --scenarios class --limit 2000 --variants 'Fast-NTK (default)' --name ce_seeds_vit"),
     ("ce_seeds_r10", "Cross-entropy, the current default, three classes with the baselines: resnet10t (BN + head)",
