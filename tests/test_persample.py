@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastntk.errors import InvalidInputError, ShapeError
+from fastntk.errors import InvalidInputError, NumericalError, ShapeError
 from fastntk.operators import GGNLinearOperator, SketchedJacobian, StreamingJacobian, draw_cotangents, half_sketch_error, make_jacobian
 from fastntk.operators import persample as PS
 from fastntk.operators.linearization import _ce_cotangents
@@ -340,6 +340,30 @@ def test_half_sketch_error_on_one_problem():
     torch.testing.assert_close(e.x, ridge_solve(sk.J, b, 0.5), rtol=1e-10, atol=1e-12)
     e2 = half_sketch_error((a, bb), b, 0.5)
     assert e2.error == pytest.approx(e.error)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_half_sketch_error_by_cg_equals_the_dense_route(monkeypatch, dtype):
+    """Above DIRECT_HALF_LIMIT the three solves run by matrix-free CG on the stored rows (no float64 copy, no Gram):
+    the same estimate and solutions as the dense Cholesky route, to the 1e-3 a diagnostic needs (CG stops at a relative
+    residual of 1e-5)."""
+    from fastntk.operators import sketch as SK
+
+    peft = CASES["bn-cnn+head"]
+    X = _X(16, seed=14)
+    sk = SketchedJacobian(peft, X, k=2, seed=1)
+    a, bb = sk.halves()
+    a.J, bb.J = a.J.to(dtype), bb.J.to(dtype)
+    b = torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    dense = half_sketch_error((a, bb), b, 0.5)
+    monkeypatch.setattr(SK, "DIRECT_HALF_LIMIT", 0)
+    cg = half_sketch_error((a, bb), b, 0.5)
+    tol = 1e-3
+    assert cg.error == pytest.approx(dense.error, rel=tol)
+    for u, v in ((cg.x, dense.x), (cg.x_a, dense.x_a), (cg.x_b, dense.x_b)):
+        assert float((u - v).norm()) <= tol * float(v.norm())
+    with pytest.raises(NumericalError, match="did not converge"):
+        SK._cg_ridge([a.J], b, 1e-12, maxiter=2)
 
 
 def test_sketch_bad_inputs_raise_typed_errors():

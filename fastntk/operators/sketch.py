@@ -239,6 +239,47 @@ def ridge_solve(J: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tenso
     return x
 
 
+#: half_sketch_error solves by dense Cholesky when min(rows, p) of a half-sketch is at most this, else by CG
+DIRECT_HALF_LIMIT = 4096
+
+
+def _cg_ridge(blocks: list, rhs: torch.Tensor, ridge: float, *, scale: float = 1.0, rtol: float = 1e-5,
+              maxiter: int = 5000) -> torch.Tensor:
+    """``(scale·Σ_B BᵀB + λI)⁻¹ rhs`` by conjugate gradients, matrix-free on the row blocks ``B`` as stored (products in
+    their dtype, the iteration in float64); ``rhs`` (p,) or (p, r) (one CG per column).  Raises
+    :class:`NumericalError` if CG does not reach ``rtol``."""
+    if rhs.ndim == 2:
+        return torch.stack([_cg_ridge(blocks, rhs[:, j], ridge, scale=scale, rtol=rtol, maxiter=maxiter)
+                            for j in range(rhs.shape[1])], 1)
+    dt = blocks[0].dtype
+
+    def A(v):
+        vv = v.to(dt)
+        return scale * sum((B.T @ (B @ vv)).double() for B in blocks) + ridge * v
+
+    b = rhs.double()
+    x = torch.zeros_like(b)
+    r = b.clone()
+    q = r.clone()
+    rs, bn = float(r @ r), max(float(b.norm()), 1e-300)
+    # float32 rows: the products cannot certify much below their precision times the condition of the system
+    tol = max(rtol, 10 * torch.finfo(dt).eps) * bn
+    for _ in range(int(maxiter)):
+        if math.sqrt(rs) <= tol:
+            return x
+        Aq = A(q)
+        alpha = rs / float(q @ Aq)
+        x += alpha * q
+        r -= alpha * Aq
+        rs_new = float(r @ r)
+        q = r + (rs_new / rs) * q
+        rs = rs_new
+    if math.sqrt(rs) <= tol:
+        return x
+    raise NumericalError(f"CG for the half-sketch error estimate did not converge in {maxiter} iterations "
+                         f"(relative residual {math.sqrt(rs) / bn:.2e})")
+
+
 @dataclasses.dataclass
 class HalfSketchEstimate:
     """Result of :func:`half_sketch_error` (all float64 vectors, shape of ``rhs``).
@@ -276,7 +317,13 @@ def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEsti
         raise ShapeError(f"the two half-sketches must have the same shape, got {tuple(a.J.shape)} and {tuple(b.J.shape)}")
     if not isinstance(rhs, torch.Tensor) or rhs.ndim not in (1, 2) or rhs.shape[0] != a.J.shape[1]:
         raise ShapeError(f"rhs must be a tensor of shape (p={a.J.shape[1]},) or (p, r), got {getattr(rhs, 'shape', type(rhs).__name__)}")
-    x_a, x_b = ridge_solve(a.J, rhs, ridge), ridge_solve(b.J, rhs, ridge)
-    x = ridge_solve(torch.cat([a.J, b.J]) / math.sqrt(2.0), rhs, ridge)
+    rows, p = a.J.shape
+    if min(rows, p) <= DIRECT_HALF_LIMIT:  # small: dense Cholesky (float64) of each half and of the whole
+        x_a, x_b = ridge_solve(a.J, rhs, ridge), ridge_solve(b.J, rhs, ridge)
+        x = ridge_solve(torch.cat([a.J, b.J]) / math.sqrt(2.0), rhs, ridge)
+    else:  # large: matrix-free CG on the rows as stored (no float64 copy, no Gram: measured on resnet18, p = 14,730,
+        # 2 × 8,192 rows: the dense route held ~9 GB and cost more than the whole unlearning)
+        x_a, x_b = _cg_ridge([a.J], rhs, ridge), _cg_ridge([b.J], rhs, ridge)
+        x = _cg_ridge([a.J, b.J], rhs, ridge, scale=0.5)
     d, nx = float((x_a - x_b).norm()), max(float(x.norm()), 1e-300)
     return HalfSketchEstimate(x=x, x_a=x_a, x_b=x_b, error=d / (2 * nx), half_error=d / (math.sqrt(2.0) * nx))
