@@ -56,10 +56,12 @@ def trace_one(args, model: str, seed: int, cls: int) -> dict:
 
 
 def stop_step(steps: list, rel: float) -> int:
-    """The step at which the default stopping rule with threshold ``rel`` would have stopped this traced iteration
-    (``k > 1``, ``δ²_k ≤ rel·δ²_1``, the step's decrease ``≤ rel×`` the first's, ``ρ ≥ ¼``; else the last step)."""
+    """The step at which the default stopping rule (:func:`fastntk.update.newton.converged`, LM damping) with threshold
+    ``rel`` would have stopped this traced iteration; else the last step."""
+    from fastntk.update.newton import converged
+
     for s in steps:
-        if s["step"] > 1 and s["rel_decrement"] <= rel and s["rel_drop"] <= rel and (s.get("rho") or 0.0) >= 0.25:
+        if s["step"] > 1 and converged(s["rel_decrement"], 1.0, s["rel_drop"], 1.0, s.get("rho") or 0.0, rel):
             return s["step"]
     return len(steps)
 

@@ -49,6 +49,7 @@ import torch
 from ..errors import InvalidInputError, NumericalError, ShapeError
 from . import _stream
 from ._eta import PhaseEta
+from .base import TorchLinearOperator
 from .linearization import LOSSES, StreamingJacobian, _MatrixSource, _apply_L, _ce_factors, all_finite
 
 __all__ = ["SketchedJacobian", "draw_cotangents", "half_sketch_error", "ridge_solve", "HalfSketchEstimate", "KINDS"]
@@ -243,41 +244,36 @@ def ridge_solve(J: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tenso
 DIRECT_HALF_LIMIT = 4096
 
 
+class _RowGram(TorchLinearOperator):
+    """``V ↦ scale·Σ_B Bᵀ(B V) + λV`` on row blocks ``B`` as stored (no copy, no Gram), for :func:`_cg_ridge`."""
+
+    symmetric = True
+
+    def __init__(self, blocks: list, ridge: float, scale: float = 1.0):
+        super().__init__((blocks[0].shape[1],) * 2, blocks[0].dtype, blocks[0].device)
+        self.blocks, self.ridge, self.scale = blocks, float(ridge), float(scale)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        Vb = V.to(self.dtype)
+        return (self.scale * sum(B.T @ (B @ Vb) for B in self.blocks)).to(V.dtype) + self.ridge * V
+
+
 def _cg_ridge(blocks: list, rhs: torch.Tensor, ridge: float, *, scale: float = 1.0, rtol: float = 1e-5,
               maxiter: int = 5000) -> torch.Tensor:
-    """``(scale·Σ_B BᵀB + λI)⁻¹ rhs`` by conjugate gradients, matrix-free on the row blocks ``B`` as stored (products in
-    their dtype, the iteration in float64); ``rhs`` (p,) or (p, r) (one CG per column).  Raises
-    :class:`NumericalError` if CG does not reach ``rtol``."""
+    """``(scale·Σ_B BᵀB + λI)⁻¹ rhs`` by :func:`fastntk.solvers.cg`, matrix-free on the row blocks ``B`` as stored
+    (products in their dtype; float32 rows cannot certify below ~10 eps32); ``rhs`` (p,) or (p, r).  Raises
+    :class:`NumericalError` if CG does not converge."""
+    from ..solvers import cg
+
     if rhs.ndim == 2:
         return torch.stack([_cg_ridge(blocks, rhs[:, j], ridge, scale=scale, rtol=rtol, maxiter=maxiter)
                             for j in range(rhs.shape[1])], 1)
-    dt = blocks[0].dtype
-
-    def A(v):
-        vv = v.to(dt)
-        return scale * sum((B.T @ (B @ vv)).double() for B in blocks) + ridge * v
-
-    b = rhs.double()
-    x = torch.zeros_like(b)
-    r = b.clone()
-    q = r.clone()
-    rs, bn = float(r @ r), max(float(b.norm()), 1e-300)
-    # float32 rows: the products cannot certify much below their precision times the condition of the system
-    tol = max(rtol, 10 * torch.finfo(dt).eps) * bn
-    for _ in range(int(maxiter)):
-        if math.sqrt(rs) <= tol:
-            return x
-        Aq = A(q)
-        alpha = rs / float(q @ Aq)
-        x += alpha * q
-        r -= alpha * Aq
-        rs_new = float(r @ r)
-        q = r + (rs_new / rs) * q
-        rs = rs_new
-    if math.sqrt(rs) <= tol:
-        return x
-    raise NumericalError(f"CG for the half-sketch error estimate did not converge in {maxiter} iterations "
-                         f"(relative residual {math.sqrt(rs) / bn:.2e})")
+    tol = max(rtol, 10 * torch.finfo(blocks[0].dtype).eps)
+    res = cg(_RowGram(blocks, ridge, scale), rhs.double(), rtol=tol, maxiter=int(maxiter), on_fail="ignore")
+    if not res.converged:
+        raise NumericalError(f"CG for the half-sketch error estimate did not converge in {res.iterations} iterations "
+                             f"(relative residual {res.true_residual / max(res.rhs_norm, 1e-300):.2e})")
+    return torch.as_tensor(res.x, dtype=torch.float64)
 
 
 @dataclasses.dataclass

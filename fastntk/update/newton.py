@@ -40,7 +40,7 @@ from .objective import NetworkObjective
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["NewtonOptions", "NewtonReport", "gauss_newton", "stationarity_ridge", "armijo"]
+__all__ = ["NewtonOptions", "NewtonReport", "converged", "gauss_newton", "stationarity_ridge", "armijo"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,12 @@ def _extrapolate(objective, point, F0, slope, opts, F1, g1):
     return best_t, best_F, (g1 if best_t == 1.0 else None), tries
 
 
+def converged(dec: float, dec0: float, drop: float, drop0: float, rho: float | None, rel: float) -> bool:
+    """The decrement stop of :func:`gauss_newton` (after the first step): ``δ² ≤ rel·δ₁²`` and, with LM damping (``rho``
+    given), the step's decrease ``≤ rel×`` the first step's on a step the quadratic model predicted (``ρ ≥ ¼``)."""
+    return dec <= rel * dec0 and (rho is None or (drop <= rel * drop0 and rho >= 0.25))
+
+
 def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Callable, opts: NewtonOptions, *,
                  first: tuple[float, torch.Tensor] | None = None,
                  on_step: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, NewtonReport]:
@@ -231,7 +237,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
         drop0 = (F - F_new) if k == 1 else drop0
         # with LM damping a large μ shrinks δ² by itself: the step's actual decrease must have fallen too, on a step the
         # quadratic model predicted (ρ ≥ 1/4; a small decrease on a badly predicted step is not convergence)
-        if k > 1 and dec <= opts.rel_decrement * dec0 and (not lm or (F - F_new <= opts.rel_decrement * drop0 and rho >= 0.25)):
+        if k > 1 and converged(dec, dec0, F - F_new, drop0, rho if lm else None, opts.rel_decrement):
             rep.stop_reason = (f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
                                + (f" (and the step's decrease to {(F - F_new) / drop0:.3g} of the first)" if lm else ""))
             break
