@@ -24,6 +24,7 @@ from ..operators import GGNLinearOperator, NTKLinearOperator, SchurComplementLin
 from ..solvers import SolveResult
 from .dense import DenseFactor, KernelFactor, cholesky64, delta_dense, direct_solve, factor_of, gram64, gram_of_source, \
     jtv64, jv64, solve_primal_direct, woodbury_solve
+from ..errors import InvalidInputError
 from .solve import check_norm_bound
 
 __all__ = ["fit_rhs", "ridge_fit", "fit_delta_direct", "kernel_solver", "delta_dual", "newton_step", "forget_residual", "form_delta",
@@ -51,21 +52,23 @@ def _operator(sources, lam):
     return GGNLinearOperator(sources[0], lam) if len(sources) == 1 else SumGGNLinearOperator(*sources, ridge=lam)
 
 
-def ridge_fit(pairs, lam: float, ctx, name: str, *, factor=None, direct: bool = False) -> torch.Tensor:
+def ridge_fit(pairs, lam: float, ctx, name: str, *, factor=None, direct: bool = False, curvature=None) -> torch.Tensor:
     """``w*_S − w̄ = (G_S + λI)⁻¹ J_Sᵀ z_S``: the linearized ridge fit on the union ``S`` of the ``(source, Y)`` pairs.
 
     Solved through a prepared ``factor`` (:mod:`fastntk.update.dense`), by a direct Cholesky factor when every
     source is cached (``direct``), else by CG on :class:`~fastntk.operators.GGNLinearOperator` (one source) or
     :class:`~fastntk.operators.SumGGNLinearOperator` (two).  The solve is recorded under ``name`` and its norm checked.
+    ``curvature``: the sources of ``G_S`` when they are not the pairs' (a sketch of ``D_r``'s curvature,
+    :class:`~fastntk.operators.SketchedJacobian`); the right-hand side ``J_Sᵀ z_S`` always comes from the pairs.
     """
-    sources = [s for s, _ in pairs]
+    sources = [s for s, _ in pairs] if curvature is None else list(curvature)
     direct = direct and all(hasattr(s, "J") for s in sources)
     b, z = fit_rhs(pairs, float64=factor is not None or direct)
     if factor is None and direct:
         J = sources[0].J if len(sources) == 1 else torch.cat([s.J for s in sources])
         factor = factor_of(J, lam, "G_S + λI")
-    if factor is not None:
-        x = direct_solve(factor, b, ctx.rtol, ctx.solves, name, z=z)
+    if factor is not None:  # the kernel factor's fit form Jᵀ(JJᵀ + λI)⁻¹z needs b = Jᵀz with the factor's own rows
+        x = direct_solve(factor, b, ctx.rtol, ctx.solves, name, z=z if curvature is None else None)
     else:
         x = ctx.solve(_operator(sources, lam), b, name, key=("fit", tuple(id(s) for s in sources), lam))
     check_norm_bound(x, b, lam, ctx.solves.get(name), name)
@@ -139,8 +142,11 @@ def forget_residual(src_f, Y_f, w, w_bar):
     return r
 
 
-def newton_step(src_r, g, lam, ctx, *, direct=False, name="H_r Δ = J_fᵀ r_f", key=None):
-    """``Δ = (G_r + λI)⁻¹ g`` by a direct factor (cached ``J_r``) or CG; the solve's norm is checked."""
+def newton_step(src_r, g, lam, ctx, *, direct=False, name="H_r Δ = J_fᵀ r_f", key=None, rhs: dict | None = None):
+    """``Δ = (G_r + λI)⁻¹ g`` by a direct factor (cached ``J_r``) or CG; the solve's norm is checked.  ``rhs``: a dict
+    that keeps ``g`` and ``λ`` (for the half-sketch error estimate of a sketched ``src_r``)."""
+    if rhs is not None:
+        rhs.update(g=g, lam=lam)
     if direct and hasattr(src_r, "J"):
         delta = solve_primal_direct(src_r, g, lam, ctx, name)
     else:
@@ -149,29 +155,33 @@ def newton_step(src_r, g, lam, ctx, *, direct=False, name="H_r Δ = J_fᵀ r_f",
     return delta
 
 
-def _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D):
+def _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D, curv=None, rhs=None):
     n_r, C, p = src_r.n, src_r.C, src_r.p
+    sketched = curv is not None
+    curv = src_r if curv is None else curv  # G_r's source: J_r, or the sketch of it
     if plan.anchor == "fit":
-        if plan.direct and hasattr(src_r, "J") and hasattr(src_f, "J") and (p <= n_r * C or (n_r + src_f.n) * C <= plan.direct_limit):
+        if not sketched and plan.direct and hasattr(src_r, "J") and hasattr(src_f, "J") and \
+                (p <= n_r * C or (n_r + src_f.n) * C <= plan.direct_limit):
             return fit_delta_direct(src_r, src_f, Y_r, Y_f, lam_r, lam_D, ctx)
         # the Newton step of the retain objective from w*_D: −∇L_r(w*_D) = J_fᵀ r_f + (λ_D − λ_r)(w*_D − w̄)
-        dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, direct=plan.direct).to(w_bar.dtype)
+        dD = ridge_fit([(src_r, Y_r), (src_f, Y_f)], lam_D, ctx, FIT_D, direct=plan.direct,
+                       curvature=[curv, src_f] if sketched else None).to(w_bar.dtype)
         r_f = forget_residual(src_f, Y_f, w_bar + dD, w_bar)  # at w*_D
         g = src_f.jtmat(_col(r_f))[:, 0] + (lam_D - lam_r) * dD
-        return newton_step(src_r, g, lam_r, ctx, direct=plan.direct)
+        return newton_step(curv, g, lam_r, ctx, direct=plan.direct, rhs=rhs)
     elif plan.anchor == "trained":
         r_f = forget_residual(src_f, Y_f, w_trained, w_bar)
     else:  # −∇L_r(w) = J_rᵀ(Y_r − f_lin(X_r; w)) − λ(w − w̄)
         d = w_trained - w_bar
         z = Y_r - src_r.outputs().reshape(-1) - src_r.jmat(_col(d))[:, 0]
-        return newton_step(src_r, src_r.jtmat(_col(z))[:, 0] - lam_r * d, lam_r, ctx, direct=plan.direct)
-    return newton_step(src_r, src_f.jtmat(_col(r_f))[:, 0], lam_r, ctx, direct=plan.direct)
+        return newton_step(curv, src_r.jtmat(_col(z))[:, 0] - lam_r * d, lam_r, ctx, direct=plan.direct, rhs=rhs)
+    return newton_step(curv, src_f.jtmat(_col(r_f))[:, 0], lam_r, ctx, direct=plan.direct, rhs=rhs)
 
 
-def _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timings):
+def _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timings, curv=None, rhs=None):
     t = time.perf_counter()
     Jf = src_f.dense()
-    H = gram_of_source(src_r) + gram64(Jf)  # J_r is never held whole when streaming (sample chunks)
+    H = gram_of_source(src_r if curv is None else curv) + gram64(Jf)  # J_r is never held whole when streaming (sample chunks)
     H.diagonal().add_(lam_D)
     factor = DenseFactor(H, lam_D, keep_matrix=False)
     del H
@@ -181,12 +191,44 @@ def _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timing
         r_f = src_f.outputs().reshape(-1).double() + jv64(Jf, dD) - Y_f.double()
     else:
         r_f = forget_residual(src_f, Y_f, w_trained, w_bar)
-    return woodbury_solve(factor, Jf, jtv64(Jf, r_f.double()), ctx).to(src_r.dtype)
+    g = jtv64(Jf, r_f.double())
+    if rhs is not None:  # (G_r + λ_D I)⁻¹ g: the Woodbury downdate of H by J_f
+        rhs.update(g=g.to(src_r.dtype), lam=lam_D)
+    return woodbury_solve(factor, Jf, g, ctx).to(src_r.dtype)
 
 
-def form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam, timings):
-    """``(Δ, w_{D_r} or None, space)`` of ``plan.form`` (module docstring)."""
+def _sketch_estimate(curv, rhs: dict, timings: dict) -> dict:
+    """The half-sketch estimate of the relative error of the last Newton solve with the sketched ``G̃_r``
+    (:func:`fastntk.update.tilted.sketch_error`), its seconds in ``timings["error estimate"]``."""
+    from .tilted import sketch_error
+
+    t = time.perf_counter()
+    est = sketch_error(curv, rhs["g"], float(rhs["lam"])) if "g" in rhs else \
+        {"estimated_relative_error": None, "why": "no Newton solve with G̃_r ran"}
+    timings["error estimate"] = time.perf_counter() - t
+    if est and est.get("rule"):
+        est["rule"] += " of the Newton solve with G̃_r"
+    return est
+
+
+def form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam, timings, *, curv_r=None, sketch_info=None):
+    """``(Δ, w_{D_r} or None, space)`` of ``plan.form`` (module docstring).  ``curv_r``: the source of ``G_r`` when it
+    is not ``src_r`` (the sketch, :class:`~fastntk.operators.SketchedJacobian`: primal and Woodbury forms;
+    ``src_r`` then gives the exact right-hand sides and residuals); the half-sketch error estimate goes into
+    ``sketch_info``."""
     lam_r, lam_D = plan.ridges(lam, src_r.n, src_f.n)
+    if curv_r is not None:
+        if plan.form not in ("primal", "woodbury"):
+            raise InvalidInputError(f"form={plan.form!r} needs the residual rows of J_r; the sketched curvature serves the "
+                                    "primal and Woodbury forms")
+        rhs = {}
+        if plan.form == "primal":
+            delta = _primal(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_r, lam_D, curv=curv_r, rhs=rhs)
+        else:
+            delta = _woodbury(plan, ctx, src_r, src_f, Y_r, Y_f, w_trained, w_bar, lam_D, timings, curv=curv_r, rhs=rhs)
+        if sketch_info is not None:
+            sketch_info.update(_sketch_estimate(curv_r, rhs, timings) or {})
+        return delta, None, "primal" if plan.form == "primal" else "forget"
     if plan.form == "dual":
         delta, w_ret = delta_dual(src_r, src_f, Y_r, Y_f, lam_r, ctx, direct=plan.direct)
         return delta, w_bar + w_ret, "dual"

@@ -99,36 +99,62 @@ def _mse_ridge(plan, opts, peft, inp: Inputs, ridge, w0, timings) -> tuple[float
     if ridge != "auto":
         return float(ridge), None
     t = time.perf_counter()
-    lam, info = match_ridge(peft, (torch.cat([inp.X_r, inp.X_f]), torch.cat([inp.y_r, inp.y_f])), w_trained=inp.w_trained,
-                            w0=w0, target_scale=opts.target_scale, memory_budget=opts.jacobian.memory_budget)
+    X_D, y_D = torch.cat([inp.X_r, inp.X_f]), torch.cat([inp.y_r, inp.y_f])
+    curv, how = None, ""
+    if plan.curvature == "sketch":  # J_D at w0 is not built either: the fit's curvature from a sketch of D
+        from ..operators import SketchedJacobian
+        from .tilted import sketch_size
+
+        jac = opts.jacobian
+        k, m, _ = sketch_size(jac, X_D.shape[0], peft.p, peft.dtype)
+        curv = SketchedJacobian(peft, X_D, k=k, kind=jac.sketch_kind, loss="mse", m=m, seed=int(jac.sketch_seed) + 7919,
+                                w=w0, batch_size=jac.batch_size)
+        how = f"; its curvature G̃_D at w0 from a sketch ({curv.reason}), the right-hand side J_Dᵀz exact"
+    lam, info = match_ridge(peft, (X_D, y_D), w_trained=inp.w_trained, w0=w0, target_scale=opts.target_scale,
+                            memory_budget=opts.jacobian.memory_budget, batch_size=opts.jacobian.batch_size, curvature=curv)
+    del curv
     timings["ridge"] = time.perf_counter() - t
     plan.choose("ridge", lam, f"ridge='auto': matched ridge λ = {lam:.4g} (the λ whose linearized MSE fit at w0 best "
-                              "reproduces the trained outputs, match_ridge)")
+                              f"reproduces the trained outputs, match_ridge){how}")
     return lam, info
 
 
 def _first_update(plan, opts, ctx, peft, inp: Inputs, lam, timings, progress):
     """The first update ``s·Δ`` of ``plan.form``: ``(s·Δ, s, space, strategy)``; the Jacobians are freed on return."""
     jac, t = opts.jacobian, time.perf_counter()
-    src_r, src_f = (make_jacobian(peft, X, w=inp.w_bar, loss="mse", strategy=jac.strategy, memory_budget=jac.memory_budget,
-                                  batch_size=jac.batch_size, progress=progress) for X in (inp.X_r, inp.X_f))
-    plan.choose("strategy", src_r.strategy, getattr(src_r, "reason", ""))
+    sketched = plan.curvature == "sketch"
+    src_r, src_f = (make_jacobian(peft, X, w=inp.w_bar, loss="mse", strategy="stream" if sketched and X is inp.X_r else jac.strategy,
+                                  memory_budget=jac.memory_budget, batch_size=jac.batch_size, progress=progress)
+                    for X in (inp.X_r, inp.X_f))
+    curv_r, sketch_info = None, None
+    if sketched:  # G̃_r from k rows per sample (fastntk.operators.sketch); src_r streams D_r's exact products
+        from ..operators import SketchedJacobian
+
+        k, m = plan.sketch
+        curv_r = SketchedJacobian(peft, inp.X_r, k=k, kind=jac.sketch_kind, loss="mse", m=m, seed=int(jac.sketch_seed),
+                                  w=inp.w_bar, batch_size=jac.batch_size, engine=src_r.per_sample_engine())
+        sketch_info = {"curvature": plan.reasons["curvature_source"], "reason": curv_r.reason,
+                       "build_seconds": curv_r.build_seconds}
+    else:
+        plan.choose("strategy", src_r.strategy, getattr(src_r, "reason", ""))
     timings["jacobian"] = time.perf_counter() - t
     t = time.perf_counter()
     Y_r, Y_f = (targets(y, inp.C, opts.target_scale, peft.dtype, peft.device) for y in (inp.y_r, inp.y_f))
-    delta, w_ret, space = form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, inp.w_trained, inp.w_bar, lam, timings)
+    delta, w_ret, space = form_delta(plan, ctx, src_r, src_f, Y_r, Y_f, inp.w_trained, inp.w_bar, lam, timings,
+                                     curv_r=curv_r, sketch_info=sketch_info)
     s = 1.0 if opts.scale is None else opts.scale
     if opts.scale == "trapezium":
         lam_r, _ = plan.ridges(lam, inp.n_r, inp.n_f)
         if w_ret is None:
-            w_ret = inp.w_bar + ridge_fit([(src_r, Y_r)], lam_r, ctx, "retain fit (trapezium)", direct=plan.direct).to(peft.dtype)
+            w_ret = inp.w_bar + ridge_fit([(src_r, Y_r)], lam_r, ctx, "retain fit (trapezium)", direct=plan.direct,
+                                          curvature=None if curv_r is None else [curv_r]).to(peft.dtype)
         s = trapezium_scale(delta, inp.w_trained, w_ret)
         plan.choose("scale", s, f"trapezium rescale = {s:.4g}")
-    timings["solve"] = time.perf_counter() - t
+    timings["solve"] = time.perf_counter() - t - timings.get("error estimate", 0.0)
     delta = delta.to(peft.dtype)
     if not torch.isfinite(delta).all():
         raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge or check the data")
-    return s * delta, float(s), space, src_r.strategy
+    return s * delta, float(s), space, ("sketch" if sketched else src_r.strategy), sketch_info
 
 
 def _run_mse(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.Tensor, float, dict]:
@@ -137,11 +163,11 @@ def _run_mse(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.
     lam, ridge_info = _mse_ridge(plan, opts, peft, inp, ridge, w0, timings)
     lam_r, _ = plan.ridges(lam, inp.n_r, inp.n_f)
     ctx = SolveContext.from_options(opts.solve, rtol=plan.rtol, progress=progress)
-    step, s, space, strategy = _first_update(plan, opts, ctx, peft, inp, lam, timings, progress)
+    step, s, space, strategy, sketch_info = _first_update(plan, opts, ctx, peft, inp, lam, timings, progress)
     w_new = inp.w_trained + step
     if not torch.isfinite(w_new).all():
         raise NumericalError("the unlearned parameters overflow; the model was not changed")
-    info = {"ridge": lam, "ridge_effective": lam_r, "steps": plan.steps, "ridge_selection": ridge_info}
+    info = {"ridge": lam, "ridge_effective": lam_r, "steps": plan.steps, "ridge_selection": ridge_info, "sketch": sketch_info}
     w_new = relinearized_steps(plan, opts, ctx, peft, (inp.X_r, inp.y_r), w_new, inp.w_bar, lam_r, inp.C, timings, info, progress)
     out = dict(form=plan.form, strategy=strategy, space=space, loss="mse", timings=timings, solves=ctx.solves, info=info)
     return w_new - inp.w_trained, s, out

@@ -45,6 +45,8 @@ class Plan:
     direct: bool = False
     direct_limit: int = 4096
     rtol: float = 1e-8
+    curvature: str = "exact"  # the MSE route's curvature of D_r: "exact" (J_r) or "sketch" (k rows per sample)
+    sketch: tuple | None = None  # (k, m) of the MSE route's sketch
     choices: dict = field(default_factory=dict)
 
     @property
@@ -161,8 +163,47 @@ def _plan_strategy(plan, opts, peft, n_r, C, p) -> bool:
     return cache
 
 
-def _plan_solver(plan, opts, cache, n_r, C, p) -> None:
+def _plan_curvature(plan, opts, peft, n_r, C, p, cache) -> bool:
+    """The MSE route's curvature of ``D_r``: the exact ``J_r`` (cached or streamed by the strategy) or the unbiased
+    sketch (:class:`~fastntk.operators.SketchedJacobian`, ``k`` rows per sample) -- ``"auto"``: the sketch when the
+    exact ``J_r`` does not fit ``memory_budget`` (and the strategy was not forced), as on the CE route."""
+    from .tilted import sketch_size
+
+    jac = opts.jacobian
+    use = jac.curvature_source
+    if use == "auto":
+        use = "sketch" if (not cache and jac.strategy == "auto") else "exact"
+        why = ("curvature_source='auto': " + ("the exact J_r does not fit memory_budget: sketched Gauss-Newton G̃_r instead "
+                                             f"of C = {C} rows per sample (right-hand sides and residuals stay exact)"
+                                             if use == "sketch" else
+                                             "the exact J_r " + ("fits memory_budget" if cache else "streamed (strategy='stream' requested)")))
+    else:
+        why = f"curvature_source={use!r} requested"
+    if use == "sketch":
+        if opts.form in ("dual", "dense"):
+            raise InvalidInputError(f"form={opts.form!r} works with the kernel Θ_rr = J_r J_rᵀ of the residual rows; the sketched "
+                                    "curvature G̃_r serves the forms in parameter space: form='primal', 'woodbury' or 'auto'")
+        k, m, more = sketch_size(jac, n_r, p, peft.dtype)
+        plan.sketch = (k, m)
+        why += (f"; kind={jac.sketch_kind!r}, k = {k} rows per sample, m = {m} of n_r = {n_r} samples{more}; D_r's "
+                "right-hand sides and residuals by streamed VJP/JVP passes")
+        plan.choose("strategy", "stream", "sketched curvature: J_r is never built; D_r's exact products (right-hand sides, "
+                                          "residuals) by streamed VJP/JVP passes, the curvature from the sketch's rows")
+    plan.curvature = plan.choose("curvature_source", use, why)
+    return use == "sketch"
+
+
+def _plan_solver(plan, opts, cache, n_r, C, p, sketch=False) -> None:
     s = opts.solve
+    if sketch:  # the sketch's rows are stored: direct in the smaller of p and the m·k rows
+        rows = plan.sketch[0] * plan.sketch[1]
+        plan.direct_limit = s.direct_limit
+        plan.direct = s.solver == "direct" or (s.solver == "auto" and min(p, rows) <= s.direct_limit)
+        why = (f"direct Cholesky of G̃_r + λI (the sketch's rows stored, min(p, m·k) = {min(p, rows)} ≤ {s.direct_limit})"
+               if s.solver == "auto" else "direct Cholesky (solver='direct' requested)") if plan.direct else \
+            "conjugate gradients on G̃_r + λI" + (" (solver='cg' requested)" if s.solver == "cg" else "")
+        plan.choose("solver", "direct" if plan.direct else "cg", why)
+        return
     if s.solver == "direct" and not cache:
         raise InvalidInputError("solver='direct' needs the cached Jacobian: use strategy='cached' (or 'auto' with a larger memory_budget)")
     plan.direct_limit = s.direct_limit
@@ -174,6 +215,14 @@ def _plan_solver(plan, opts, cache, n_r, C, p) -> None:
 
 
 def _plan_form(plan, opts, n_r, n_f, C, p, dtype) -> None:
+    if plan.curvature == "sketch":
+        form = opts.form if opts.form != "auto" else "primal"
+        why = (f"form={form!r} requested" if opts.form != "auto" else
+               "sketched curvature: the Newton step in parameter space, (G̃_r + λI)⁻¹ of the sketch's rows (primal)")
+        plan.form = plan.choose("form", form, why)
+        if form == "woodbury":
+            plan.choose("solver", "direct", "Cholesky factor of G̃_r + G_f + λI (p × p) and a dense forget-space solve (n_f·C)")
+        return
     form, why = choose_form(opts.form, n_r, n_f, C, p, have_factor=False, direct=plan.direct, low_precision=dtype in LOW_PRECISION)
     if opts.form == "auto" and form != "primal" and (plan.anchor != "fit" or plan.ridge_convention == "mean"):
         form, why = "primal", (f"anchor={plan.anchor!r} is defined as a Newton step in parameter space" if plan.anchor != "fit"
@@ -201,7 +250,8 @@ def _plan_ridge(plan, ridge, w0, n_r, n_f, C, p) -> None:
         plan.choose("ridge", "auto", "ridge='auto': the matched ridge (match_ridge), chosen before the Jacobians")
         return
     lam_r, _ = plan.ridges(ridge, n_r, n_f)
-    singular = (plan.form == "dual" and n_r * C > p) or (plan.form in ("primal", "woodbury") and p > n_r * C)
+    rows = plan.sketch[0] * plan.sketch[1] if plan.curvature == "sketch" else n_r * C
+    singular = (plan.form == "dual" and n_r * C > p) or (plan.form in ("primal", "woodbury") and p > rows)
     if lam_r <= 0 and (singular or plan.form == "woodbury"):
         raise InvalidInputError(f"ridge must be > 0: with n_r·C = {n_r * C} and p = {p} the form {plan.form!r} solves a singular "
                                 "system (H = G + λI must be positive definite)")
@@ -217,7 +267,8 @@ def plan_sizes(plan: Plan, opts, peft, *, ridge, w0, n_r: int, n_f: int, C: int)
     if plan.route == "ce":
         return _plan_ce(plan, opts, peft, ridge)
     cache = _plan_strategy(plan, opts, peft, n_r, C, p)
-    _plan_solver(plan, opts, cache, n_r, C, p)
+    sketch = _plan_curvature(plan, opts, peft, n_r, C, p, cache)
+    _plan_solver(plan, opts, cache, n_r, C, p, sketch)
     _plan_form(plan, opts, n_r, n_f, C, p, dtype)
     _plan_ridge(plan, ridge, w0, n_r, n_f, C, p)
     plan.rtol, why = rtol_floor(opts.solve.rtol, dtype, iterative=not plan.direct or plan.form == "dual")

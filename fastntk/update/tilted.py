@@ -33,7 +33,7 @@ from .solve import SolveContext
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE", "FrozenCurvature"]
+__all__ = ["JacobianOptions", "TiltedResult", "tilted_newton", "RELATIVE_RIDGE", "FrozenCurvature", "sketch_size", "sketch_error"]
 
 #: the preconditioning sketch (curvature_source="auto" on the relinearized plain retain objective): k rows per sample
 #: and m = max(fraction·n_r, min(n_r, floor)) samples — measured in benchmarks/bench_ce.py (ce_sketch_*)
@@ -110,6 +110,26 @@ def sketch_samples(m, n: int) -> int:
     return min(int(m), n)
 
 
+def sketch_size(jac: JacobianOptions, n: int, p: int, dtype, *, precondition: bool = False) -> tuple[int, int, str]:
+    """``(k, m, note)``: the rows per sample and the samples of a sketch of ``n`` samples (``jac.sketch_k``/``sketch_m``
+    when given; else ``k`` = :data:`PRECONDITIONING_SKETCH_K` for the preconditioning sketch, 2 otherwise (two halves
+    for the error estimate), and ``m`` = :data:`PRECONDITIONING_SKETCH_M` for the preconditioning sketch, otherwise all
+    ``n`` or as many as fit ``jac.memory_budget``); ``note`` says when ``m`` was cut to fit."""
+    k = jac.sketch_k if jac.sketch_k is not None else (PRECONDITIONING_SKETCH_K if precondition else 2)
+    if jac.sketch_m is not None:
+        return k, sketch_samples(jac.sketch_m, n), ""
+    if precondition:
+        frac, floor = PRECONDITIONING_SKETCH_M
+        return k, max(sketch_samples(frac, n), min(n, floor)), ""
+    budget = float("inf") if jac.memory_budget is None else float(jac.memory_budget)
+    row_bytes = k * p * torch.empty((), dtype=dtype).element_size()
+    m = n if budget == float("inf") else max(2, min(n, int(budget // row_bytes)))
+    if m < n:
+        m -= m % 2
+        return k, m, f"; m = {m} of {n} samples so that the sketch ({m}·{k} rows × p) fits memory_budget"
+    return k, m, ""
+
+
 def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: int = 1, *,
                      fixed_point_exact: bool = False):
     """The curvature source of the CE route at ``w`` and why: the exact loss-weighted Jacobian (cached or streamed by
@@ -147,18 +167,8 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
         src = make_jacobian(peft, X, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
                             batch_size=jac.batch_size, progress=jac.progress)
         return src, why
-    k = jac.sketch_k if jac.sketch_k is not None else (PRECONDITIONING_SKETCH_K if precondition else 2)
-    if jac.sketch_m is not None:
-        m = sketch_samples(jac.sketch_m, n)
-    elif precondition:
-        frac, floor = PRECONDITIONING_SKETCH_M
-        m = max(sketch_samples(frac, n), min(n, floor))
-    else:  # all samples, as many as the sketch's rows (m·k × p) fit memory_budget
-        row_bytes = k * peft.p * torch.empty((), dtype=peft.dtype).element_size()
-        m = n if budget == float("inf") else max(2, min(n, int(budget // row_bytes)))
-        if m < n:
-            m -= m % 2
-            why += f"; m = {m} of {n} samples so that the sketch ({m}·{k} rows × p) fits memory_budget"
+    k, m, more = sketch_size(jac, n, peft.p, peft.dtype, precondition=precondition)
+    why += more
     src = SketchedJacobian(peft, X, k=k, kind=jac.sketch_kind, loss=loss, w=w, batch_size=jac.batch_size,
                            m=m, seed=int(jac.sketch_seed) + int(step) - 1)
     why = f"{why}; {src.reason} (step {step}: each relinearized step draws a fresh sketch)"
