@@ -118,3 +118,51 @@ def test_auto_ridge_with_the_sketch_builds_no_exact_jacobian_of_D():
     assert "from a sketch" in res.plan["ridge"]["reason"]
     assert res.info["ridge"] == pytest.approx(ref.info["ridge"], rel=1e-12)
     np.testing.assert_allclose(res.delta.numpy(), ref.delta.numpy(), atol=1e-10 * float(ref.delta.abs().max()))
+
+
+@pytest.mark.parametrize("anchor", ["fit", "trained", "retain"])
+def test_prepared_unlearner_with_an_orthogonal_full_rank_sketch_equals_the_exact_one(anchor):
+    """Unlearner(curvature_source='sketch'): G̃_D from k = C orthogonal rows is G_D, so two requests in a row give the
+    exact Unlearner's updates (1e-10); the downdate uses the sketch's rows of the forgotten samples."""
+    from fastntk.unlearn import Unlearner
+
+    m, peft, retain, forget, w0 = _problem(n=36, n_f=4)
+    X = torch.cat([retain[0], forget[0]]); y = torch.cat([retain[1], forget[1]])
+    kw = dict(trained_with="linearized-mse", ridge=0.4, w0=w0, anchor=anchor, rtol=1e-12)
+    ex = Unlearner(m, peft, (X, y), curvature_source="exact", **kw)
+    sk = Unlearner(m, peft, (X, y), curvature_source="sketch", sketch_k=3, sketch_kind="orthogonal", sketch_seed=3, **kw)
+    for req in (np.arange(30, 33), np.array([2, 7, 35])):
+        a, b = ex.forget(req), sk.forget(req)
+        np.testing.assert_allclose(b.delta.numpy(), a.delta.numpy(), rtol=0, atol=1e-10 * float(a.delta.abs().max()))
+        assert b.plan["curvature_source"]["value"] == "sketch" and a.plan["curvature_source"]["value"] == "exact"
+        assert b.info["sketch"]["reason"].startswith("sketched curvature") and a.info["sketch"] is None
+
+
+def test_prepared_unlearner_sketch_auto_choice_and_error_estimate():
+    from fastntk.unlearn import Unlearner
+
+    m, peft, retain, forget, w0 = _problem(n=36, n_f=4)
+    X = torch.cat([retain[0], forget[0]]); y = torch.cat([retain[1], forget[1]])
+    need = 36 * 3 * peft.p * 8
+    u = Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=0.4, w0=w0, memory_budget=need // 2)
+    assert u.curvature == "sketch" and "memory_budget" in u.reasons["curvature_source"]
+    res = u.forget(np.arange(30, 34))
+    est = res.info["sketch"]["estimated_relative_error"]
+    assert est is not None and est > 0 and "error estimate" in res.timings
+    assert Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=0.4, w0=w0, memory_budget=2 * need).curvature == "exact"
+    with pytest.raises(InvalidInputError, match="curvature_source"):
+        Unlearner(m, peft, (X, y), trained_with="linearized-mse", ridge=0.4, w0=w0, curvature_source="sketchy")
+
+
+def test_subset_of_a_full_sketch_is_a_full_sketch_of_the_subset():
+    from fastntk.operators import SketchedJacobian
+
+    m, peft, retain, forget, w0 = _problem(n=20, n_f=4)
+    sk = SketchedJacobian(peft, retain[0], k=2, seed=1)
+    sub = sk.subset(np.arange(1, 16, 2))
+    assert sub.n == sub.n_total == 8
+    a, b = sub.halves()  # columns split (k = 2 -> 1 + 1), not samples
+    assert a.J.shape == b.J.shape == (8, peft.p)
+    torch.testing.assert_close(a.J / 2 ** 0.5, sk.J.view(16, 2, -1)[1:16:2, 0])
+    part = SketchedJacobian(peft, retain[0], k=1, m=10, seed=1).subset(np.arange(4))
+    assert part.n == 4 and part.n_total == 16  # a subsample stays one

@@ -190,10 +190,13 @@ class SketchedJacobian(_MatrixSource):
         return self.meta.outputs
 
     def subset(self, idx) -> "SketchedJacobian":
-        """The rows of the sketched samples at positions ``idx`` (into ``index``), weights kept."""
+        """The rows of the sketched samples at positions ``idx`` (into ``index``), weights kept.  The subset of a
+        sketch of all samples is the sketch of all of the subset's samples (``n_total = len(idx)``: its
+        :meth:`halves` split the ``k`` columns); that of a subsample stays a subsample of the same ``n_total``."""
         idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         J = self.J.view(self.n, self.k, self.p)[idx.to(self.device)].reshape(-1, self.p)
-        return self._like(J, self.k, _Meta(self.n_total, self.index[idx], self.meta.outputs[idx.to(self.meta.outputs.device)], self.weight))
+        n_total = int(idx.numel()) if self.n == self.n_total else self.n_total
+        return self._like(J, self.k, _Meta(n_total, self.index[idx], self.meta.outputs[idx.to(self.meta.outputs.device)], self.weight))
 
     def halves(self) -> tuple["SketchedJacobian", "SketchedJacobian"]:
         """Two independent half-sketches whose Grams average to this one's, ``G̃ = (G̃_a + G̃_b)/2``.

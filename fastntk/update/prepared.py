@@ -80,7 +80,8 @@ class Unlearner(RequestStream):
 
     def __init__(self, model, peft, train, *, trained_with: str, ridge: float, w0=None, linearize_at="auto", target_scale=1.0,
                  anchor="auto", strategy="auto", memory_budget: float | None = DEFAULT_MEMORY_BUDGET, batch_size=128, rtol=DEFAULT_RTOL, progress=False,
-                 source=None):
+                 source=None, curvature_source: str = "auto", sketch_k: int = 2, sketch_kind: str = "rademacher",
+                 sketch_seed: int = 0, sketch_error: bool = True):
         variant, self.reasons = resolve_variant(trained_with, linearize_at=linearize_at, anchor=anchor, loss="mse", steps=1)
         linearize_at, self.anchor, self.trained_with = variant["linearize_at"], variant["anchor"], trained_with
         if self.anchor not in ("fit", "trained", "retain"):
@@ -102,10 +103,43 @@ class Unlearner(RequestStream):
                 raise InvalidInputError("Unlearner(source=...) needs linearize_at='w0' (the source is built at w0)")
             check_source(source, self.n, peft, "Unlearner")
         self._source = source
+        self._plan_curvature(curvature_source, sketch_k, sketch_kind, sketch_seed, sketch_error, source)
         self.forgotten = np.zeros(0, dtype=np.int64)
         self.w = peft.vector()  # current (unlearned) weights; the model is touched only by apply()
         self.prepared = False
         self.history: list[dict] = []  # summaries only: the state does not grow with requests beyond the forgotten ids
+
+    def _plan_curvature(self, use, k, kind, seed, estimate, source) -> None:
+        """``G_D`` of the factor: the exact ``J_D`` or a sketch of it (``k`` rows per sample, every sample, so that the
+        rows of a forgotten sample can be downdated: ``G̃_D − J̃_Fᵀ J̃_F`` is the sketch of ``G_r``).  ``"auto"``: the sketch
+        when ``J_D`` does not fit ``memory_budget`` (and neither ``strategy`` nor ``source`` was given)."""
+        from ..operators import jacobian_bytes
+        from ..operators.sketch import KINDS
+
+        if use not in ("auto", "exact", "sketch"):
+            raise InvalidInputError(f"curvature_source must be 'auto', 'exact' or 'sketch', got {use!r}")
+        if kind not in KINDS or kind == "fisher":
+            raise InvalidInputError(f"sketch_kind must be one of {tuple(k_ for k_ in KINDS if k_ != 'fisher')} for MSE, got {kind!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"sketch_k must be an integer >= 1, got {k!r}")
+        if use == "sketch" and source is not None:
+            raise InvalidInputError("Unlearner(source=...) is an exact J_D; curvature_source='sketch' builds its own sketch")
+        if use == "auto":
+            with torch.no_grad():
+                C = int(self.peft.functional()(self.w_bar, self.X[:1].to(self.peft.device, self.peft.dtype)).shape[1])
+            need = jacobian_bytes(self.n, C, self.peft.p, self.peft.dtype)
+            budget = float("inf") if self.memory_budget is None else float(self.memory_budget)
+            use = "sketch" if (need > budget and self.strategy == "auto" and source is None) else "exact"
+            why = (f"curvature_source='auto': J_D needs {need / 1e6:.0f} MB "
+                   f"{'>' if use == 'sketch' else '≤'} memory_budget {budget / 1e6:.0f} MB" if source is None and self.strategy == "auto"
+                   else "curvature_source='auto': " + ("source= given (exact J_D)" if source is not None else f"strategy={self.strategy!r} given"))
+        else:
+            why = f"curvature_source={use!r} requested"
+        if use == "sketch":
+            why += (f": G̃_D from kind={kind!r}, k = {k} rows per sample of all n = {self.n} samples; right-hand sides and "
+                    "residuals exact (streamed VJP/JVP passes over the forget samples)")
+        self.curvature, self.sketch_opts, self.sketch_estimate = use, dict(k=k, kind=kind, seed=int(seed)), bool(estimate)
+        self.reasons["curvature_source"] = why
 
     def _context(self) -> SolveContext:
         return SolveContext(rtol=self.rtol)
@@ -114,28 +148,54 @@ class Unlearner(RequestStream):
     def prepare(self) -> "Unlearner":
         """Build the Jacobian source of ``D``, ``f̄_D``, the factor of ``H = G_D + λI`` and the fit ``w*_D``."""
         t = time.perf_counter()
-        self.src = self._source if self._source is not None else make_jacobian(  # shared with match_ridge: J_D built once
-            self.peft, self.X, w=self.w_bar, strategy=self.strategy, memory_budget=self.memory_budget,
-            batch_size=self.batch_size, progress=self.progress)
+        self.sketch = None
+        if self.curvature == "sketch":  # exact products streamed; G_D from the sketch's rows
+            from ..operators import SketchedJacobian
+
+            self.src = make_jacobian(self.peft, self.X, w=self.w_bar, strategy="stream", batch_size=self.batch_size)
+            o = self.sketch_opts
+            self.sketch = SketchedJacobian(self.peft, self.X, k=o["k"], kind=o["kind"], loss="mse", seed=o["seed"], w=self.w_bar,
+                                           batch_size=self.batch_size, engine=self.src.per_sample_engine())
+        else:
+            self.src = self._source if self._source is not None else make_jacobian(  # shared with match_ridge: J_D built once
+                self.peft, self.X, w=self.w_bar, strategy=self.strategy, memory_budget=self.memory_budget,
+                batch_size=self.batch_size, progress=self.progress)
         self.C = int(self.src.C)
         check_labels(self.y, self.C, "training")
-        self.factor = DenseFactor.from_source(self.src, self.lam)
-        self.outputs = self.src.outputs()
+        self.factor = DenseFactor.from_source(self.src if self.sketch is None else self.sketch, self.lam)
+        self.outputs = self.src.outputs() if self.sketch is None else self.sketch.sample_outputs()
         Y = targets(self.y, self.C, self.target_scale, self.peft.dtype, self.peft.device)
         self.z_D = (Y - self.outputs.reshape(-1)).double()  # Y_D − f̄_D (anchor="retain" masks forgotten rows)
         # the linearized ridge fit on D (the anchor of "fit" requests)
         self.w_fit = self.w_bar.double() + ridge_fit([(self.src, Y)], self.lam, self._context(), FIT_D, factor=self.factor)
         self.prepare_seconds = time.perf_counter() - t
         self.prepared = True
-        log.info("fastntk: Unlearner prepared (n=%d, p=%d, strategy=%s, factor %.2fs, total %.2fs)", self.n, self.src.p,
-                 self.src.strategy, self.factor.seconds, self.prepare_seconds)
+        log.info("fastntk: Unlearner prepared (n=%d, p=%d, strategy=%s, curvature %s, factor %.2fs, total %.2fs)", self.n,
+                 self.src.p, self.src.strategy, self.curvature, self.factor.seconds, self.prepare_seconds)
         return self
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
         return (idx[:, None] * self.C + np.arange(self.C)[None, :]).reshape(-1)
 
+    def _gradient_sketched(self, all_f, new_f) -> torch.Tensor:
+        """:meth:`_gradient` with the sketched curvature: every product with ``J`` exact, by streamed passes
+        (``anchor="retain"``: a JVP and a VJP pass over the retained samples; else over the new forget samples)."""
+        d = ((self.w_fit if self.anchor == "fit" else self.w.double()) - self.w_bar.double()).to(self.peft.dtype).unsqueeze(1)
+        if self.anchor == "retain":  # −∇L_r(w) = J_rᵀ(Y_r − f̄_r − J_r d) − λd
+            keep = np.setdiff1d(np.arange(self.n), all_f)
+            src_r = self.src.subset(keep)
+            rows = torch.as_tensor(self._rows(keep), device=self.z_D.device)
+            z = self.z_D[rows].to(self.peft.dtype) - src_r.jmat(d)[:, 0]
+            return src_r.jtmat(z.unsqueeze(1))[:, 0].double() - self.lam * d[:, 0].double()
+        src_f = self.src.subset(new_f)
+        Y_f = targets(torch.as_tensor(self.y[new_f]), self.C, self.target_scale, self.peft.dtype, self.peft.device)
+        r_f = self.outputs[torch.as_tensor(new_f)].reshape(-1) + src_f.jmat(d)[:, 0] - Y_f
+        return src_f.jtmat(r_f.unsqueeze(1))[:, 0].double()
+
     def _gradient(self, all_f, new_f, Jf_all) -> torch.Tensor:
         """The right-hand side ``g`` of ``H_r Δ = g`` for this request (float64)."""
+        if self.sketch is not None:
+            return self._gradient_sketched(all_f, new_f)
         if self.anchor == "retain":
             # −∇L_r(w) = J_rᵀ(Y_r − f̄_r − J_r d) − λd = J_Dᵀ(z_D, forgotten rows zeroed) − (H d − J_allᵀ J_all d)
             z = self.z_D.clone()
@@ -171,7 +231,8 @@ class Unlearner(RequestStream):
         idx, all_f, t0 = self._begin(indices)
         ctx = self._context()
         t = time.perf_counter()
-        Jf_all = self.src.subset(all_f).dense()
+        # the rows downdated from H: the exact J_F, or the sketch's rows of every sample forgotten so far
+        Jf_all = self.src.subset(all_f).dense() if self.sketch is None else self.sketch.subset(all_f).J.double()
         timings = {"jacobian": time.perf_counter() - t}
         t = time.perf_counter()
         g = self._gradient(all_f, idx, Jf_all)
@@ -179,13 +240,24 @@ class Unlearner(RequestStream):
         check_norm_bound(delta, g, self.lam, ctx.solves["H_r Δ = J_fᵀ r_f"], "request")
         delta = delta.to(self.peft.dtype)
         timings["solve"] = time.perf_counter() - t
+        sketch_info = None
+        if self.sketch is not None:
+            sketch_info = {"curvature": self.reasons["curvature_source"], "reason": self.sketch.reason}
+            if self.sketch_estimate:  # two half-sketches of G̃_r (the retained samples' rows)
+                from .tilted import sketch_error
+
+                t = time.perf_counter()
+                sketch_info.update(sketch_error(self.sketch.subset(np.setdiff1d(np.arange(self.n), all_f)), g, self.lam) or {})
+                timings["error estimate"] = time.perf_counter() - t
         if not torch.isfinite(delta).all():
             raise NumericalError("the update Δ has NaN/Inf entries; nothing was changed")
         timings["total"] = time.perf_counter() - t0
         plan = {"form": {"value": "woodbury", "reason": f"Unlearner: prepared H = G_D + λI; {route}"},
-                "anchor": {"value": self.anchor, "reason": self.reasons["anchor"]}}
+                "anchor": {"value": self.anchor, "reason": self.reasons["anchor"]},
+                "curvature_source": {"value": self.curvature, "reason": self.reasons["curvature_source"]}}
         res = UnlearnResult(delta=delta, w_new=self.w + delta, w_old=self.w.clone(), form="woodbury", strategy=self.src.strategy,
                             space="forget", loss="mse", scale=1.0, solves=ctx.solves, timings=timings, plan=plan,
-                            info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n, "p": self.peft.p})
+                            info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n, "p": self.peft.p,
+                                  "sketch": sketch_info})
         self.w_fit = self.w_fit + delta.double()
         return self._commit(all_f, res, apply)  # the state changes only now
