@@ -8,7 +8,9 @@ with the matched ridge), each scenario and seed, one request is answered with th
 MSE route's matched ridge then also comes from a sketch of D).  Reported per sketch:
 
 * ``rel_err`` = ‖Δ̃ − Δ‖/‖Δ‖ against the exact update of the same request, and the half-sketch estimate beside it
-  (``est``; none for k = 1 with m = n: odd k and no subsample, no independent halves);
+  (``est``; none for k = 1 with m = n: odd k and no subsample, no independent halves).  For one-step requests also the
+  error of the Newton direction (Δ divided by its step length and harm-check scale): a line search that halves one
+  step and not the other makes ‖Δ̃ − Δ‖/‖Δ‖ ≈ 1 whatever the sketch; est ÷ true compares with the direction's error;
 * the avg gap to retraining and its difference to the exact update's gap;
 * time ÷ retraining and gradient passes over D_r (one pass timed in the same process), the rows the sketch holds
   (m·k × p) against the exact J_r (n_r·C × p).
@@ -70,6 +72,8 @@ def run_one(args, model, loss, scen, seed) -> dict:
         row = dict(seconds=sec, time_ratio=sec / max(e.gold.seconds, 1e-12), gradient_passes=sec / gp, avg_gap=avg_gap(mt, gold),
                    metrics={k: mt[k] for k in ("UA", "RA", "TA", "MIA")}, steps=res.info.get("steps"), ridge=res.info["ridge"],
                    est=sk.get("estimated_relative_error"), curvature=res.reasons.get("curvature_source", ""),
+                   t=[h.get("t") for h in res.info.get("newton", {}).get("history", []) if "t" in h],
+                   harm_scale=res.info["harm_check"]["scale"],
                    timings={k: float(v) for k, v in res.timings.items()})
         print(f"  {model} {loss} {scen} {seed}: {name}: gap {row['avg_gap']:.2f} pp, {sec:.1f}s ({row['gradient_passes']:.1f} gp), "
               f"steps {row['steps']}, est {row['est']}", flush=True)
@@ -86,6 +90,12 @@ def run_one(args, model, loss, scen, seed) -> dict:
             print(f"  {name}: {out['runs'][name]['error']}", flush=True)
             continue
         row.update(rel_err=float((d - d_exact).norm() / max(float(d_exact.norm()), 1e-300)), rows=int(round(m * n_r)) * k)
+        ex = out["runs"]["exact"]
+        if row["steps"] == 1 and ex["steps"] == 1 and row["t"] and ex["t"] and row["t"][0] and ex["t"][0]:
+            # one accepted step each: the error of the Newton direction itself (what the half-sketch estimate targets),
+            # apart from a line search or a harm check that took another step length
+            s_sk, s_ex = d / (row["t"][0] * row["harm_scale"]), d_exact / (ex["t"][0] * ex["harm_scale"])
+            row["direction_err"] = float((s_sk - s_ex).norm() / max(float(s_ex.norm()), 1e-300))
         out["runs"][name] = row
     if loss != "ce" and args.prepared:  # the prepared Unlearner (state of D, then the request), exact vs sketched factor
         from fastntk.unlearn import Unlearner
@@ -146,9 +156,15 @@ def summarize(runs, names) -> tuple[dict, str]:
             ex = [r["runs"]["exact"] for r in rs if name in r["runs"] and "error" not in r["runs"][name]]
             err = np.array([o["rel_err"] for o in ok])
             est = [o["est"] for o in ok if o.get("est") is not None]
-            ratio = [o["est"] / o["rel_err"] for o in ok if o.get("est") is not None and o["rel_err"] > 0]
+            # the estimate is of the solve's error: against the direction's error where there is one (one-step requests)
+            ratio = [o["est"] / o.get("direction_err", o["rel_err"]) for o in ok
+                     if o.get("est") is not None and o.get("direction_err", o["rel_err"]) > 0]
             dgap = np.array([o["avg_gap"] - x["avg_gap"] for o, x in zip(ok, ex)])
+            dirs = [o["direction_err"] for o in ok if o.get("direction_err") is not None]
             S[name] = dict(rel_err=float(err.mean()), est=float(np.mean(est)) if est else None,
+                           direction_err=float(np.mean(dirs)) if len(dirs) == len(ok) else None,
+                           t_differs=sum(1 for o, x in zip(ok, ex) if o.get("t", [None])[:1] != x.get("t", [None])[:1]
+                                         or o.get("harm_scale") != x.get("harm_scale")),
                            est_over_true=[float(v) for v in ratio], gap=float(np.mean([o["avg_gap"] for o in ok])),
                            dgap=float(dgap.mean()), dgap_abs_max=float(np.abs(dgap).max()),
                            time_ratio=float(np.mean([o["time_ratio"] for o in ok])),
@@ -166,7 +182,9 @@ def summarize(runs, names) -> tuple[dict, str]:
                              f"prepare {s['prepare_ratio']:.2f}, request {s['request_seconds']:.2f} s",
                              f"prepare {s['prepare_passes']:.1f}", f"{s['rows']:,}", "1"])
                 continue
-            rows.append([name, "—" if name == "exact" else f"{s['rel_err']:.3f}",
+            rows.append([name, "—" if name == "exact" else f"{s['rel_err']:.3f}" + (
+                             f" (direction {s['direction_err']:.3f}" + (f"; step length differs on {s['t_differs']}" if s["t_differs"] else "")
+                             + ")" if s.get("direction_err") is not None else ""),
                          "—" if s["est"] is None else f"{s['est']:.3f}",
                          "—" if not ratio else f"{min(ratio):.2f}–{max(ratio):.2f}",
                          f"{s['gap']:.2f}", "—" if name == "exact" else f"{s['dgap']:+.2f} ({s['dgap_abs_max']:.2f})",
@@ -224,9 +242,24 @@ def main(argv=None) -> int:
     ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups")
     ap.add_argument("--name", default="sketch_grid")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--resummarize", default=None, metavar="JSON",
+                    help="rewrite --name's tables and plot from the runs in JSON that match --models/--losses/--scenarios")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     names = [f"k={k}, m={_mlabel(m)}" for k, m in _grid(args)]
+    if args.resummarize:
+        import json
+
+        old = json.load(open(args.resummarize))
+        runs = [r for r in old["runs"] if r["model"] in args.models and r["loss"] in args.losses and r["scenario"] in args.scenarios]
+        summary, md = summarize(runs, names)
+        write_results(args.name, {"args": old["args"], "runs": runs, "summary": summary, "environment": old.get("environment")},
+                      f"Exact vs sketched curvature (issue 14), Fashion-MNIST 28 px, limit {old['args']['limit']}, "
+                      f"{old['args']['threads']} thread(s); sketch seed = request seed.\n\n" + md, args.out)
+        from benchmarks._common import RESULTS
+
+        plot(runs, names, os.path.join(args.out or RESULTS, f"{args.name}.png"))
+        return 0
     runs = []
     for model in args.models:
         for loss in args.losses:

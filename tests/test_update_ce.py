@@ -456,3 +456,46 @@ def test_sketch_fallback_fits_the_memory_budget():
     why = res.plan["curvature_source"]["reason"]
     assert res.plan["curvature_source"]["value"] == "sketch" and "> memory_budget" in why
     assert "m = 10 of 24 samples" in why and "m=10 of n=24" in why
+
+
+def _gate_problem():
+    m = tiny_bn_cnn(6)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(300, 5, (3, 8, 8))
+    r, f = np.arange(270), np.arange(270, 300)
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    return m, peft, (X[r], y[r]), (X[f], y[f]), w0
+
+
+def test_gated_sketch_is_kept_when_its_estimate_is_small_and_replaced_by_the_exact_curvature_otherwise(monkeypatch):
+    """curvature_source='auto' on the tilted objective with the exact J̃ in budget: the k = 2, m = n_r/2 sketch is kept
+    when the half-sketch estimate of the first step's error is ≤ GATE_MAX_ERROR; above it the exact J̃ is built and the
+    update equals the exact one (to 1e-10); both verdicts are in the result."""
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12, harm=HarmTolerance(enabled=False))
+    exact = unlearn(m, peft, retain, forget, curvature_source="exact", **kw)
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 10.0)
+    kept = unlearn(m, peft, retain, forget, **kw)
+    assert kept.plan["curvature_source"]["value"] == "sketch"
+    assert kept.info["sketch"]["gate"].startswith("gated sketch accepted") and "m=136 of n=270" in kept.info["sketch"]["curvature"]
+    assert 0 < kept.info["sketch"]["estimated_relative_error"] <= 10.0
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 1e-9)
+    rejected = unlearn(m, peft, retain, forget, **kw)
+    assert rejected.plan["curvature_source"]["value"] == "exact"
+    assert "gated sketch rejected" in rejected.plan["curvature_source"]["reason"]
+    np.testing.assert_allclose(rejected.delta.numpy(), exact.delta.numpy(), rtol=0, atol=1e-10 * float(exact.delta.abs().max()))
+    streamed = unlearn(m, peft, retain, forget, strategy="stream", **kw)  # a forced strategy: the exact J̃, no gate
+    assert streamed.plan["curvature_source"]["value"] == "exact" and streamed.info["sketch"] is None
+
+
+def test_gate_is_skipped_for_small_retain_sets():
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    small = (retain[0][: tilted.GATE_MIN_SAMPLES - 1], retain[1][: tilted.GATE_MIN_SAMPLES - 1])
+    res = unlearn(m, peft, small, forget, trained_with="ce", ridge=0.5, w0=w0, anchor="trained", harm=HarmTolerance(enabled=False))
+    assert res.plan["curvature_source"]["value"] == "exact" and "≤ memory_budget" in res.plan["curvature_source"]["reason"]
