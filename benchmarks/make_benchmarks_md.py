@@ -16,6 +16,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("sketch_grid_cnn_ce_random", "Exact vs sketched curvature (k × m grid), CE random 10 %, small CNN, 3 seeds: ‖Δ̃ − Δ‖/‖Δ‖, the half-sketch estimate, gap, cost",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_cnn_small --losses ce --scenarios random --name sketch_grid_cnn_ce_random"),
+    ("sketch_grid_r18_5k", "Exact vs sketched curvature, CE random 10 %, resnet18 BN + head at 5k images (one seed)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models resnet18 --limit 5000 --losses ce --scenarios random --seeds 0 --name sketch_grid_r18_5k"),
+    ("ce_gate_cnn", "CE random 10 %, the default with the gated sketch (k = 2, n_r/2, kept when its estimate ≤ 0.3): small CNN, 3 seeds",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --random-seeds 0 1 2 --scenarios random --variants 'Fast-NTK (default)' --baselines --name ce_gate_cnn"),
+    ("ce_gate_other", "CE random 10 %, the default with the gated sketch: ViT, resnet10t, resnet18 (seed 0)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny resnet10t resnet18 --random-seeds 0 --scenarios random --limit 2000 --variants 'Fast-NTK (default)' --baselines --name ce_gate_other"),
+    ("ce_gate_vit12", "CE random 10 %, the default with the gated sketch: ViT seeds 1, 2",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --random-seeds 1 2 --scenarios random --limit 2000 --variants 'Fast-NTK (default)' --baselines --name ce_gate_vit12"),
+    ("sketch_grid_cnn_ce", "Exact vs sketched curvature, CE one class (plain Newton route; its default is the k = 1, n_r/4 preconditioning sketch), small CNN, 3 classes",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_cnn_small --losses ce --name sketch_grid_cnn_ce  # class tables: --resummarize ... --scenarios class"),
+    ("sketch_grid_cnn_mse", "Exact vs sketched curvature after MSE fine-tuning (primal form, matched ridge from the sketch too) and the prepared Unlearner with a sketched factor, small CNN, 3 seeds",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_cnn_small --losses mse --prepared --name sketch_grid_cnn_mse"),
     ("ce_stop02_cnn", "Cross-entropy, the current default (stopping threshold 0.2), one class: small BN CNN (baselines: ce_final_cnn)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' --baselines --name ce_stop02_cnn"),
     ("ce_stop02_other", "Cross-entropy, the current default (stopping threshold 0.2), one class: ViT and resnet10t (baselines: ce_seeds_vit, ce_seeds_r10)",

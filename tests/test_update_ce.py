@@ -499,3 +499,21 @@ def test_gate_is_skipped_for_small_retain_sets():
     small = (retain[0][: tilted.GATE_MIN_SAMPLES - 1], retain[1][: tilted.GATE_MIN_SAMPLES - 1])
     res = unlearn(m, peft, small, forget, trained_with="ce", ridge=0.5, w0=w0, anchor="trained", harm=HarmTolerance(enabled=False))
     assert res.plan["curvature_source"]["value"] == "exact" and "≤ memory_budget" in res.plan["curvature_source"]["reason"]
+
+
+def test_a_costly_gram_sends_the_step_to_cg_with_the_same_update(monkeypatch):
+    """The direct Cholesky is taken only when its float64 Gram is cheap (DIRECT_GRAM_FLOPS); above it the step runs by
+    CG (the reason says why) and gives the same update."""
+    import fastntk.operators.sketch as SK
+    from fastntk.operators.sketch import dense_is_cheap
+
+    assert dense_is_cheap(1000, 500) and not dense_is_cheap(5000, 5000) and not dense_is_cheap(4050, 12165)
+    m, peft, retain, forget, w0 = _gate_problem()
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor="trained", curvature_source="exact", rtol=1e-12,
+              harm=HarmTolerance(enabled=False))
+    direct = unlearn(m, peft, retain, forget, **kw)
+    assert direct.plan["solver"]["value"] == "direct"
+    monkeypatch.setattr(SK, "DIRECT_GRAM_FLOPS", 1.0)
+    cg = unlearn(m, peft, retain, forget, **kw)
+    assert cg.plan["solver"]["value"] == "cg" and "DIRECT_GRAM_FLOPS" in cg.plan["solver"]["reason"]
+    np.testing.assert_allclose(cg.delta.numpy(), direct.delta.numpy(), rtol=0, atol=1e-8 * float(direct.delta.abs().max()))

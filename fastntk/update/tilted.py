@@ -359,9 +359,12 @@ class _StepSolver:
 
     def _direct(self, src) -> bool:
         """Solve ``(G + λI) s = g`` of ``src`` by a direct Cholesky (cached J and ``solver='direct'``, or ``'auto'`` with
-        ``min(p, nC) ≤ direct_limit``) rather than by CG."""
+        ``min(p, nC) ≤ direct_limit`` and a float64 Gram of at most ``DIRECT_GRAM_FLOPS``) rather than by CG."""
+        from ..operators.sketch import dense_is_cheap
+
         jac = self.jac
-        return jac.solver == "direct" or (jac.solver == "auto" and hasattr(src, "J") and min(src.p, src.nC) <= int(jac.direct_limit))
+        return jac.solver == "direct" or (jac.solver == "auto" and hasattr(src, "J") and
+                                          dense_is_cheap(src.nC, src.p, int(jac.direct_limit)))
 
     def _solve_primal(self, src, g, lam: float, name: str):
         if self._direct(src):
@@ -417,7 +420,10 @@ class _StepSolver:
                 info["solver"] = f"direct Cholesky (cached J, min(p, n_r·C) = {min(src.p, src.nC)} ≤ {jac.direct_limit})" \
                     if jac.solver == "auto" else "direct Cholesky (solver='direct' requested)"
             else:
-                info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "")
+                big = hasattr(src, "J") and jac.solver == "auto" and min(src.p, src.nC) <= int(jac.direct_limit)
+                info["solver"] = "conjugate gradients (matrix-free)" + (" (solver='cg' requested)" if jac.solver == "cg" else "") + (
+                    f" (min(p, rows) = {min(src.p, src.nC)} ≤ {jac.direct_limit}, but its float64 Gram would cost more than "
+                    "DIRECT_GRAM_FLOPS)" if big else "")
             x = self._solve_primal(src, g, lam, name)
         if self.newton.curvature != "frozen":
             self.prev, self.src = src, None  # relinearized: the next step builds its own
