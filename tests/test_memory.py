@@ -40,3 +40,31 @@ def test_streamed_operators_allocate_no_jacobian_or_kernel_sized_tensor():
     with _LargestAllocation() as mode:
         src.dense()
     assert mode.largest >= nC * p
+
+
+def test_sketched_mse_unlearning_allocates_nothing_of_size_n_r_C_p():
+    """unlearn(curvature_source='sketch') on the MSE primal route: the largest tensor is the sketch's m·k × p rows (or
+    the p × p Gram of its factor), never J_r (n_r·C × p): D_r's exact products are streamed."""
+    from fastntk.unlearn import unlearn
+    from fastntk.update.guard import HarmTolerance
+
+    n, n_f = 120, 8
+    C = 10
+    m = tiny_bn_cnn(0, C=C)
+    peft = BatchNormPeft(m, include_head=True)
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(n, 3, 6, 6, dtype=torch.float64, generator=g)  # inputs (n·108) far smaller than J_r (n·C·p)
+    y = torch.randint(0, C, (n,), generator=g)
+    w0 = peft.vector().clone()
+    nrCp = (n - n_f) * C * peft.p
+    retain, forget = (X[n_f:].clone(), y[n_f:].clone()), (X[:n_f].clone(), y[:n_f].clone())
+    with _LargestAllocation() as mode:
+        res = unlearn(m, peft, retain, forget, trained_with="mse", ridge=0.5, w0=w0,
+                      curvature_source="sketch", sketch_k=1, sketch_m=0.5, batch_size=8, harm=HarmTolerance(enabled=False))
+    assert res.plan["curvature_source"]["value"] == "sketch"
+    assert mode.largest < nrCp, (mode.largest, nrCp)
+    assert mode.largest <= max((n - n_f) // 2 * peft.p, peft.p * peft.p, n_f * C * peft.p, retain[0].numel())
+    with _LargestAllocation() as control:  # the tracer sees J_r when the exact route caches it
+        unlearn(m, peft, retain, forget, trained_with="mse", ridge=0.5, w0=w0, curvature_source="exact", strategy="cached",
+                batch_size=8, harm=HarmTolerance(enabled=False))
+    assert control.largest >= nrCp

@@ -120,7 +120,8 @@ def _mse_ridge(plan, opts, peft, inp: Inputs, ridge, w0, timings) -> tuple[float
 
 
 def _first_update(plan, opts, ctx, peft, inp: Inputs, lam, timings, progress):
-    """The first update ``s·Δ`` of ``plan.form``: ``(s·Δ, s, space, strategy)``; the Jacobians are freed on return."""
+    """The first update ``s·Δ`` of ``plan.form``: ``(s·Δ, s, space, strategy, sketch info or None)``; the Jacobians (and
+    the sketch of ``G_r`` when ``plan.curvature == "sketch"``) are freed on return."""
     jac, t = opts.jacobian, time.perf_counter()
     sketched = plan.curvature == "sketch"
     src_r, src_f = (make_jacobian(peft, X, w=inp.w_bar, loss="mse", strategy="stream" if sketched and X is inp.X_r else jac.strategy,

@@ -198,10 +198,14 @@ def _plan_solver(plan, opts, cache, n_r, C, p, sketch=False) -> None:
     if sketch:  # the sketch's rows are stored: direct in the smaller of p and the m·k rows
         rows = plan.sketch[0] * plan.sketch[1]
         plan.direct_limit = s.direct_limit
-        plan.direct = s.solver == "direct" or (s.solver == "auto" and min(p, rows) <= s.direct_limit)
-        why = (f"direct Cholesky of G̃_r + λI (the sketch's rows stored, min(p, m·k) = {min(p, rows)} ≤ {s.direct_limit})"
-               if s.solver == "auto" else "direct Cholesky (solver='direct' requested)") if plan.direct else \
-            "conjugate gradients on G̃_r + λI" + (" (solver='cg' requested)" if s.solver == "cg" else "")
+        from ..operators.sketch import dense_is_cheap
+
+        plan.direct = s.solver == "direct" or (s.solver == "auto" and dense_is_cheap(rows, p, s.direct_limit))
+        why = (f"direct Cholesky of G̃_r + λI (the sketch's rows stored, min(p, m·k) = {min(p, rows)} ≤ {s.direct_limit}, "
+               "its float64 Gram cheap)" if s.solver == "auto" else "direct Cholesky (solver='direct' requested)") if plan.direct else \
+            "conjugate gradients on G̃_r + λI" + (" (solver='cg' requested)" if s.solver == "cg" else
+                                                 " (the float64 Gram of the sketch's rows would cost more than DIRECT_GRAM_FLOPS)"
+                                                 if min(p, rows) <= s.direct_limit else "")
         plan.choose("solver", "direct" if plan.direct else "cg", why)
         return
     if s.solver == "direct" and not cache:
