@@ -20,6 +20,12 @@ SECTIONS = [
      "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_cnn_small --losses ce --scenarios random --name sketch_grid_cnn_ce_random"),
     ("sketch_grid_r18_5k", "Exact vs sketched curvature, CE random 10 %, resnet18 BN + head at 5k images (one seed)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models resnet18 --limit 5000 --losses ce --scenarios random --seeds 0 --name sketch_grid_r18_5k"),
+    ("sketch_grid_vit_ce_random", "Exact vs sketched curvature, CE random 10 %, ViT with visual prompts, 3 seeds (1–4 Newton steps per request)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_vit_tiny --limit 2000 --losses ce --scenarios random --name sketch_grid_vit_ce_random"),
+    ("sketch_grid_vit_mse", "Exact vs sketched curvature after MSE fine-tuning, ViT with visual prompts, 3 seeds, with the prepared Unlearner",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_vit_tiny --limit 2000 --losses mse --prepared --name sketch_grid_vit_mse"),
+    ("sketch_grid_r18_5k_densegram", "The resnet18 5k grid before the cost rule for direct solves (dense kernel-space Grams of the sketch rows)",
+     "(the same command as sketch_grid_r18_5k, at the commit before 'direct vs CG by cost')"),
     ("ce_gate_cnn", "CE random 10 %, the default with the gated sketch (k = 2, n_r/2, kept when its estimate ≤ 0.3): small CNN, 3 seeds",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --random-seeds 0 1 2 --scenarios random --variants 'Fast-NTK (default)' --baselines --name ce_gate_cnn"),
     ("ce_gate_other", "CE random 10 %, the default with the gated sketch: ViT, resnet10t, resnet18 (seed 0)",
@@ -162,8 +168,10 @@ def main() -> int:
         if not os.path.isfile(path):
             continue
         body = open(path, encoding="utf-8").read().strip()
+        others = [n for n, _, _ in SECTIONS if n != name and n.startswith(f"{name}_")]  # their plots are theirs
         pngs = sorted(f for f in os.listdir(RESULTS) if f == f"{name}.png" or (f.startswith(f"{name}_") and f.endswith(".png")
-                                                                            and not f.startswith(f"{name}_quick")))
+                                                                            and not f.startswith(f"{name}_quick")
+                                                                            and not any(f.startswith(o) for o in others)))
         for png in pngs:  # the script's plots, next to its table
             body += f"\n\n![{png[:-4]}](benchmarks/results/{png})"
         parts.append(f"## {title}\n\n`{cmd}`\n\n{body}\n")
