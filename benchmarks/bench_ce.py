@@ -19,6 +19,7 @@ where the time went.  Writes benchmarks/results/ce.json, ce.md and ce.png.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -102,7 +103,9 @@ def _cached_experiment(cfg, folder):
     if c.val_fraction > 0:
         from fastntk.data import train_test_split
 
-        train, _ = train_test_split(train, c.val_fraction, seed=c.seed + 7)
+        train, val = train_test_split(train, c.val_fraction, seed=c.seed + 7)
+    else:
+        val = None
     peft.write(d["w_trained"])
 
     def run(k, w):
@@ -114,7 +117,26 @@ def _cached_experiment(cfg, folder):
                       forget=train.subset(d["f_idx"]), test=test, r_idx=d["r_idx"], f_idx=d["f_idx"], w0=d["w0"],
                       w_trained=d["w_trained"], ft=run("ft", d["w_trained"]), gold=run("gold", d["gold"]),
                       floor=run("floor", d["floor"]), linearized=False, lin=None, pretrain_seconds=t_pre, checkpoint=ck,
-                      rows=d["rows"], times=d["times"])
+                      rows=d["rows"], times=d["times"], val=val)
+
+
+def _retrain_epoch_seconds(e) -> float | None:
+    """Seconds of one epoch of the retraining recipe (training on D_r from w0 + its validation pass), timed in this
+    process next to the methods: ``epochs_run ×`` this is what the retraining would cost under the load the methods
+    ran with (``e.gold.seconds`` may come from a cached setup timed in another process).  ``None`` without a
+    validation split (the plain setup path does not keep it)."""
+    from fastntk.train import finetune_peft
+
+    val = getattr(e, "val", None)
+    if val is None:
+        return None
+    recipe = dict(e.cfg.finetune_recipe(), epochs=1, val=val, progress=False)
+    t = time.perf_counter()
+    finetune_peft(e.peft, e.retain, w0=e.w0, seed=e.cfg.seed, desc="epoch timing", **recipe)
+    sec = time.perf_counter() - t
+    e.peft.write(e.w_trained)
+    e.model.eval()
+    return sec
 
 
 def _gradient_pass_seconds(e) -> float:
@@ -152,6 +174,9 @@ def run_one(args, model, scen, seed, cls) -> dict:
             "sizes": {"n_train": len(e.train), "n_forget": int(e.f_idx.size), "n_val": int(round(cfg.val_fraction * (len(e.train) / (1 - cfg.val_fraction)))),
                       "p": e.peft.p, "C": len(cfg.finetune_classes)}}
     info["gradient_pass_seconds"] = _gradient_pass_seconds(e)  # the cost unit, measured in this process (load-independent ratios)
+    info["retrain_epoch_seconds"] = _retrain_epoch_seconds(e)  # retraining's cost under this process's load
+    if info["retrain_epoch_seconds"] is not None:
+        info["retrain_seconds_now"] = info["retrain_epoch_seconds"] * e.gold.log.epochs_run
     for name in args.variants:
         e.peft.write(e.w_trained)
         t = time.perf_counter()
@@ -202,6 +227,8 @@ def run_one(args, model, scen, seed, cls) -> dict:
             m["avg_gap"] = avg_gap(m, gold_m)
             m["time_ratio"] = m.get("seconds", float("nan")) / max(e.gold.seconds, 1e-12)
             m["gradient_passes"] = m.get("seconds", float("nan")) / info["gradient_pass_seconds"]
+            if info.get("retrain_seconds_now") and "seconds" in m:
+                m["time_ratio_now"] = m.get("seconds", float("nan")) / info["retrain_seconds_now"]
     info["methods"] = rows
     print(f"{model} {scen} seed {seed}: floor {rows['retrain (seed 2)']['avg_gap']:.2f} pp, original {rows['original']['avg_gap']:.2f} pp, "
           f"default {rows.get('Fast-NTK (default)', {}).get('avg_gap', float('nan')):.2f} pp", flush=True)
@@ -224,11 +251,14 @@ def relabel(runs) -> list:
 
 def per_run_table(rs, methods) -> str:
     """avg gap (pp) of every run (the targets are per class: ≤ floor + 1.5 pp, below every baseline), the time ratio
-    of the variants (and their cost in gradient passes over D_r, beside the epochs retraining ran) and, for the prepared
+    of the variants (and their cost in gradient passes over D_r, beside the epochs retraining ran; and ÷ retraining's
+    epochs × one retraining epoch timed in the same process, where the run has it) and, for the prepared
     Unlearner, its preparation ÷ the retraining."""
     head = ["run", "floor"] + [f"{m} gap" for m in methods] + [f"{m} ×retrain" for m in methods if m not in BASELINES]
     passes = any("gradient_passes" in r["methods"].get(m, {}) for r in rs for m in methods)
     head += ([f"{m} gradient passes" for m in methods if m not in BASELINES] + ["retrain epochs"]) if passes else []
+    now = any("time_ratio_now" in r["methods"].get(m, {}) for r in rs for m in methods)
+    head += [f"{m} ×retrain timed here" for m in methods if m not in BASELINES] if now else []
     prep = any("prepare" in r["methods"].get(m, {}).get("timings", {}) for r in rs for m in methods)
     head += ["prepare ×retrain"] if prep else []
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -241,6 +271,9 @@ def per_run_table(rs, methods) -> str:
         if passes:
             row += [f"{ms[m]['gradient_passes']:.1f}" if "gradient_passes" in ms.get(m, {}) else "–" for m in methods
                     if m not in BASELINES] + [str(r["epochs"]["retrain"][0])]
+        if now:
+            row += [f"{ms[m]['time_ratio_now']:.2f}" if "time_ratio_now" in ms.get(m, {}) else "–" for m in methods
+                    if m not in BASELINES]
         if prep:
             t = [ms[m]["timings"]["prepare"] for m in methods if "prepare" in ms.get(m, {}).get("timings", {})]
             row.append(f"{t[0] / r['retrain_seconds']:.2f}" if t else "–")
@@ -288,6 +321,14 @@ def summarize(runs, variants) -> tuple[dict, str]:
             d = [r["methods"].get("Fast-NTK (default)", {}) for r in rs]
             steps = [(x.get("steps"), x.get("anchor")) for x in d if "error" not in x]
             lines.append(f"\nDefault route per run (steps, anchor): {steps}.\n")
+            now = [(r["retrain_seconds_now"], {m: x["time_ratio_now"] for m, x in r["methods"].items()
+                                                  if math.isfinite(x.get("time_ratio_now", float("nan")))})
+                   for r in rs if r.get("retrain_seconds_now")]
+            if now:
+                lines.append("Retraining timed here (one epoch of its recipe in this process × its epochs run; the "
+                             "time_ratio column divides by a retraining timed when the setup was made): "
+                             + "; ".join(f"{sec:.1f} s, " + ", ".join(f"{m} {v:.2f}×" for m, v in ms.items()) for sec, ms in now)
+                             + ".\n")
             if len(rs) > 1:
                 lines.append(per_run_table(rs, [m for m in names[2:] if any(m in r["methods"] for r in rs)]))
     md = ("Cross-entropy fine-tuning until a validation split stops improving; means over runs (± in the JSON). UA, RA, TA, "

@@ -283,6 +283,7 @@ class Experiment:
     checkpoint: str
     rows: dict
     times: dict
+    val: object = None  # the validation split fine-tuning and retraining stopped on (None: no early stopping)
 
     def evaluate(self, w: torch.Tensor) -> dict:
         from .metrics import evaluate
@@ -363,7 +364,7 @@ def setup_experiment(cfg: ExperimentConfig) -> Experiment:
     e = Experiment(cfg=cfg, peft=peft, model=model, train=train, retain=retain, forget=forget, test=test, r_idx=r_idx,
                    f_idx=f_idx, w0=w0, w_trained=w_trained, ft=ft, gold=gold, floor=floor, linearized=linearized,
                    lin=w0 if linearized else None, pretrain_seconds=t_pre, checkpoint=ck, rows={},
-                   times={"pretrain": t_pre, "finetune": ft.seconds, "retrain": gold.seconds})
+                   times={"pretrain": t_pre, "finetune": ft.seconds, "retrain": gold.seconds}, val=val)
     e.rows["original"] = e.evaluate(w_trained)
     e.rows["retrain"] = e.evaluate(gold.w)
     e.rows["retrain (seed 2)"] = e.evaluate(floor.w)

@@ -101,3 +101,18 @@ def test_precision_quick(tmp_path):
     # float64 accumulation of a float32 J beats float32 accumulation, which beats TF32 inputs, which beat bfloat16 storage
     assert e["float32 Jacobian, float64 Gram"] <= e["float32 Jacobian, float32 Gram"] < e["TF32 Gram (inputs rounded)"]
     assert e["TF32 Gram (inputs rounded)"] < e["bfloat16 J storage"]
+
+
+def test_ce_quick_times_retraining_in_process(tmp_path):
+    """bench_ce also prices retraining under its own load: one epoch of the recipe timed next to the methods."""
+    _run_quick("bench_ce.py", tmp_path, "--variants", "Fast-NTK (default)", "--baselines", "--setups", "")
+    d = _load(tmp_path, "ce_quick")
+    assert d["runs"]
+    for r in d["runs"]:
+        ep = r["retrain_epoch_seconds"]
+        assert _finite(ep) and ep > 0
+        assert r["retrain_seconds_now"] == pytest.approx(ep * r["epochs"]["retrain"][0])
+        m = r["methods"]["Fast-NTK (default)"]
+        assert _finite(m["time_ratio_now"]) and m["time_ratio_now"] == pytest.approx(m["seconds"] / r["retrain_seconds_now"])
+    with open(tmp_path / "ce_quick.md", encoding="utf-8") as fh:
+        assert "×retrain timed here" in fh.read()
