@@ -16,6 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_now_cnn", "CE, the current default and the prepared Unlearner, small CNN, three classes + three random requests on freshly made setups, retraining also timed in the methods' process",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --variants 'Fast-NTK (default)' 'Fast-NTK (prepared)' --baselines --name ce_now_cnn"),
     ("sketch_grid_cnn_ce_random", "Exact vs sketched curvature (k × m grid), CE random 10 %, small CNN, 3 seeds: ‖Δ̃ − Δ‖/‖Δ‖, the half-sketch estimate, gap, cost",
      "OMP_NUM_THREADS=1 python benchmarks/bench_sketch_grid.py --models fastntk_cnn_small --losses ce --scenarios random --name sketch_grid_cnn_ce_random"),
     ("sketch_grid_r18_5k", "Exact vs sketched curvature, CE random 10 %, resnet18 BN + head at 5k images (one seed)",
