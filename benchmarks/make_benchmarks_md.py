@@ -16,6 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_now_r10", "CE, the current default, resnet10t (BN + head), class 0 + random seed 0 on freshly made setups, retraining also timed in the methods' process",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --limit 2000 --classes 0 --random-seeds 0 --variants 'Fast-NTK (default)' --baselines --name ce_now_r10"),
     ("ce_now_vit", "CE, the current default, ViT with visual prompts, class 0 + random seed 0 on freshly made setups, retraining also timed in the methods' process",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --classes 0 --random-seeds 0 --variants 'Fast-NTK (default)' --baselines --name ce_now_vit"),
     ("ce_now_cnn", "CE, the current default and the prepared Unlearner, small CNN, three classes + three random requests on freshly made setups, retraining also timed in the methods' process",
