@@ -124,7 +124,8 @@ def _retrain_epoch_seconds(e) -> float | None:
     """Seconds of one epoch of the retraining recipe (training on D_r from w0 + its validation pass), timed in this
     process next to the methods: ``epochs_run ×`` this is what the retraining would cost under the load the methods
     ran with (``e.gold.seconds`` may come from a cached setup timed in another process).  ``None`` without a
-    validation split (the plain setup path does not keep it)."""
+    validation split (no early stopping to replay).  The training runs in eval mode through the functional model (no
+    BatchNorm statistics change); the fine-tuned weights are written back before the methods run."""
     from fastntk.train import finetune_peft
 
     val = getattr(e, "val", None)
