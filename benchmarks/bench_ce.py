@@ -121,23 +121,17 @@ def _cached_experiment(cfg, folder):
 
 
 def _retrain_epoch_seconds(e) -> float | None:
-    """Seconds of one epoch of the retraining recipe (training on D_r from w0 + its validation pass), timed in this
-    process next to the methods: ``epochs_run ×`` this is what the retraining would cost under the load the methods
-    ran with (``e.gold.seconds`` may come from a cached setup timed in another process).  ``None`` without a
-    validation split (no early stopping to replay).  The training runs in eval mode through the functional model (no
-    BatchNorm statistics change); the fine-tuned weights are written back before the methods run."""
-    from fastntk.train import finetune_peft
+    """Seconds of one epoch of the retraining recipe (``baselines.retrain`` with ``epochs=1``: training on D_r from w0 +
+    its validation pass), timed in this process next to the methods: ``epochs_run ×`` this is what the retraining would
+    cost under the load the methods ran with (``e.gold.seconds`` may come from a cached setup timed in another
+    process).  ``None`` without a validation split (no early stopping to replay).  The model's weights are preserved
+    (``write=False``) and the training runs in eval mode through the functional model (no BatchNorm statistics change)."""
+    from fastntk import baselines as B
 
-    val = getattr(e, "val", None)
-    if val is None:
+    if e.val is None:
         return None
-    recipe = dict(e.cfg.finetune_recipe(), epochs=1, val=val, progress=False)
-    t = time.perf_counter()
-    finetune_peft(e.peft, e.retain, w0=e.w0, seed=e.cfg.seed, desc="epoch timing", **recipe)
-    sec = time.perf_counter() - t
-    e.peft.write(e.w_trained)
-    e.model.eval()
-    return sec
+    recipe = dict(e.cfg.finetune_recipe(), epochs=1, val=e.val, progress=False, desc="epoch timing")
+    return B.retrain(e.peft, e.train, e.f_idx, w0=e.w0, seed=e.cfg.seed, **recipe).seconds
 
 
 def _gradient_pass_seconds(e) -> float:
@@ -229,7 +223,7 @@ def run_one(args, model, scen, seed, cls) -> dict:
             m["time_ratio"] = m.get("seconds", float("nan")) / max(e.gold.seconds, 1e-12)
             m["gradient_passes"] = m.get("seconds", float("nan")) / info["gradient_pass_seconds"]
             if info.get("retrain_seconds_now") and "seconds" in m:
-                m["time_ratio_now"] = m.get("seconds", float("nan")) / info["retrain_seconds_now"]
+                m["time_ratio_now"] = m["seconds"] / info["retrain_seconds_now"]
     info["methods"] = rows
     print(f"{model} {scen} seed {seed}: floor {rows['retrain (seed 2)']['avg_gap']:.2f} pp, original {rows['original']['avg_gap']:.2f} pp, "
           f"default {rows.get('Fast-NTK (default)', {}).get('avg_gap', float('nan')):.2f} pp", flush=True)
