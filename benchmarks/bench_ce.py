@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     "CE plain retain Newton (anchor=retain)": dict(anchor="retain"),
     "MSE kernel at trained (previous default)": dict(loss="mse", linearize_at="trained", anchor="trained"),
     "Fast-NTK (prepared)": dict(prepared=True),
+    # the plain route's subsampled warm-up (NewtonOptions.warmup; off by default): on a quarter / an eighth of D_r
+    "Fast-NTK warm-up 1/4": dict(warmup=0.25),
+    "Fast-NTK warm-up 1/8": dict(warmup=0.125),
     # sketched curvature in every relinearized step (issue 14): k rows per sample, m of the n_r samples
     "sketch k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25),
     "sketch k=2, m=n/2": dict(curvature_source="sketch", sketch_k=2, sketch_m=0.5),
@@ -192,8 +195,8 @@ def run_one(args, model, scen, seed, cls) -> dict:
                     kw["sketch_k"] = len(cfg.finetune_classes)
                 if kw.get("newton") in ("relinearize", "frozen"):
                     kw["newton"] = NewtonOptions(curvature=kw["newton"], stop_on_growth=None)
-                if "extrapolate" in kw or "damping" in kw:
-                    kw["newton"] = NewtonOptions(**{k: kw.pop(k) for k in ("extrapolate", "damping") if k in kw})
+                if "extrapolate" in kw or "damping" in kw or "warmup" in kw:
+                    kw["newton"] = NewtonOptions(**{k: kw.pop(k) for k in ("extrapolate", "damping", "warmup") if k in kw})
                 res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with="ce", w0=e.w0,
                               check_overlap=False, memory_budget=cfg.memory_budget, **kw)
         except Exception as exc:  # a refused or failed variant is reported, not hidden

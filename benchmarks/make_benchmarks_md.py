@@ -16,6 +16,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_warmup_cnn10k", "CE one class, small CNN at 10k images: the subsampled warm-up (NewtonOptions.warmup, a quarter / an eighth of D_r) against the default (no warm-up). Run while the warm-up was the default: relabelled",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --limit 10000 --classes 0 1 --scenarios class --variants 'Fast-NTK (default)' 'Fast-NTK warm-up 1/4' 'Fast-NTK warm-up 1/8' --baselines --name ce_warmup_cnn10k"),
+    ("ce_warmup_vit", "CE one class, ViT with visual prompts: the warm-up on a quarter of D_r against the default (relabelled as above)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --classes 0 1 --scenarios class --variants 'Fast-NTK (default)' 'Fast-NTK warm-up 1/4' --baselines --name ce_warmup_vit"),
+    ("ce_warmup_cnn", "CE one class, small CNN at 3k images (setups made afresh this session): the default and the warm-up on a quarter",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'Fast-NTK warm-up 1/4' --baselines --name ce_warmup_cnn"),
+    ("ce_warmup_r10", "CE one class, resnet10t (BN + head): the default and the warm-up on a quarter",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --limit 2000 --classes 0 --scenarios class --variants 'Fast-NTK (default)' 'Fast-NTK warm-up 1/4' --baselines --name ce_warmup_r10"),
     ("ce_now_r10", "CE, the current default, resnet10t (BN + head), class 0 + random seed 0 on freshly made setups, retraining also timed in the methods' process",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --limit 2000 --classes 0 --random-seeds 0 --variants 'Fast-NTK (default)' --baselines --name ce_now_r10"),
     ("ce_now_vit", "CE, the current default, ViT with visual prompts, class 0 + random seed 0 on freshly made setups, retraining also timed in the methods' process",

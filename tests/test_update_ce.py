@@ -517,3 +517,63 @@ def test_a_costly_gram_sends_the_step_to_cg_with_the_same_update(monkeypatch):
     cg = unlearn(m, peft, retain, forget, **kw)
     assert cg.plan["solver"]["value"] == "cg" and "DIRECT_GRAM_FLOPS" in cg.plan["solver"]["reason"]
     np.testing.assert_allclose(cg.delta.numpy(), direct.delta.numpy(), rtol=0, atol=1e-8 * float(direct.delta.abs().max()))
+
+
+@pytest.mark.parametrize("damping", ["lm", "none"])
+def test_subsampled_warmup_keeps_the_exact_fixed_point(monkeypatch, damping):
+    """NewtonOptions.warmup: steps on a uniform subsample of D_r (its loss scaled by n_r/|S|) first, then on all of D_r:
+    the iteration still lands on scipy's minimizer of the whole retain objective; the report says what ran, phase by
+    phase, and the objective never increases within a phase."""
+    import fastntk.update.tilted as tilted
+
+    monkeypatch.setattr(tilted, "WARMUP_MIN_SAMPLES", 4)
+    mdl, peft, X, y, r, f, w0, lam, ref = _linear_ce_problem(4, 6)
+    res = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain",
+                  newton=NewtonOptions(max_steps=60, rel_decrement=1e-16, stop_on_growth=False, damping=damping, warmup=0.25),
+                  harm=HarmTolerance(enabled=False), rtol=1e-12)
+    np.testing.assert_allclose(res.w_new.numpy(), ref.x, atol=1e-6)
+    nw = res.info["newton"]
+    assert nw["warmup"]["used"] and nw["warmup"]["samples"] == 8 and nw["warmup"]["steps"] >= 1
+    assert nw["steps"] == nw["warmup"]["steps"] + nw["warmup"]["full_steps"] and nw["warmup"]["full_steps"] >= 1
+    phases = [h["phase"] for h in nw["history"]]
+    assert phases[0].startswith("warm-up (8 of 30)") and phases[-1] == "all of D_r"
+    for ph in set(phases):
+        objs = [h["objective_after"] for h in nw["history"] if h["phase"] == ph and "objective_after" in h]
+        assert all(b <= a + 1e-9 for a, b in zip(objs, objs[1:]))
+    # the warm-up's own minimizer differs from the whole set's: the full steps did move the weights
+    assert "on all of D_r, after" in nw["stop_reason"]
+
+
+def test_warmup_is_skipped_with_its_reason_where_it_would_not_pay():
+    """Small D_r (the subsample would exceed half of it), the tilted objective, a fixed step count: no warm-up, and why."""
+    mdl, peft, X, y, r, f, w0, lam, _ = _linear_ce_problem(0, 2)
+    kw = dict(trained_with="ce", ridge=lam, w0=w0, harm=HarmTolerance(enabled=False), rtol=1e-10)
+    default = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), anchor="retain", **kw)  # off by default (measured)
+    assert not default.info["newton"]["warmup"]["used"] and "warmup=None" in default.info["newton"]["warmup"]["why"]
+    on = NewtonOptions(warmup=0.25)
+    small = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), anchor="retain", newton=on, **kw)
+    assert not small.info["newton"]["warmup"]["used"] and "more than half" in small.info["newton"]["warmup"]["why"]
+    tilt = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), anchor="trained", newton=on, **kw)
+    assert not tilt.info["newton"]["warmup"]["used"] and "tilted" in tilt.info["newton"]["warmup"]["why"]
+    fixed = unlearn(mdl, peft, (X[r], y[r]), (X[f], y[f]), anchor="retain", newton=NewtonOptions(warmup=0.25, rel_decrement=0.0,
+                                                                                                  max_steps=2), **kw)
+    assert "fixed number of steps" in fixed.info["newton"]["warmup"]["why"]
+    for bad in (1.0, -0.1, True, "half"):
+        with pytest.raises(InvalidInputError):
+            NewtonOptions(warmup=bad)
+
+
+def test_network_objective_weight_scales_the_data_term_only():
+    """weight a: F = a·Σℓ + ½λ‖w − c‖², ∇F likewise; data_loss stays unscaled."""
+    mdl, peft, X, y, r, f, w0, lam, _ = _linear_ce_problem(1, 3)
+    w = w0 + 0.1
+    one = NetworkObjective(peft, X, y, loss="ce", ridge=lam, center=w0)
+    three = NetworkObjective(peft, X, y, loss="ce", ridge=lam, center=w0, weight=3.0)
+    v1, g1 = one.value_and_grad(w)
+    v3, g3 = three.value_and_grad(w)
+    reg = 0.5 * lam * float((w - w0) @ (w - w0))
+    np.testing.assert_allclose(v3 - reg, 3 * (v1 - reg), rtol=1e-12)
+    np.testing.assert_allclose((g3 - lam * (w - w0)).numpy(), 3 * (g1 - lam * (w - w0)).numpy(), rtol=1e-12)
+    assert three.value(w) == pytest.approx(v3, rel=1e-12) and three.data_loss(w) == one.data_loss(w)
+    with pytest.raises(InvalidInputError):
+        NetworkObjective(peft, X, y, weight=0.0)

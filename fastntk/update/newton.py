@@ -73,6 +73,17 @@ class NewtonOptions:
         ``μ ← max(4μ, λ)``; ``ρ > 3/4``: ``μ ← μ/4``, 0 below ``λ/64``).  The fixed point is unchanged (``μ`` only shapes
         the steps); it matters where the Gauss-Newton model overstates the decrease (a ReLU network's curvature
         term that G leaves out) and the line search would shrink every step.
+    warmup : the plain relinearized retain objective only (``anchor="retain"``, whose minimizer the iteration seeks):
+        first take the steps on a fixed uniform subsample ``S`` of ``D_r`` (``max(warmup·n_r, min(n_r,
+        WARMUP_MIN_SAMPLES))`` samples, its loss scaled by ``n_r/|S|``), to the same stopping rule, then continue on all
+        of ``D_r`` from there, stopping by the rule measured against the warm-up's first decrement (the full objective's
+        minimizer is the fixed point either way; the subsample only makes the far-away steps cheaper).  Skipped (with the
+        reason in the report) when ``|S| > n_r/2``, for an exact-curvature request, or for a fixed number of steps.
+        ``None`` or 0 (the default): off.  Measured (benchmarks/bench_ce.py, ``ce_warmup_*``): one class of a small CNN at
+        10k images, warm-up on a quarter: 0.55 / 0.32× retraining instead of 0.67 / 0.44×, but an avg gap of 2.47 / 2.16
+        pp instead of 1.04 / 1.14 (RA 2–3 pp lower: the warm-up overfits its subsample, and the full steps stop, by the
+        same rule, before undoing it); a ViT: 0.52 vs 0.94 pp on one class, 4.08 vs 3.70 and more steps on another.  Not
+        worth its quality cost at these sizes; kept for very large ``D_r``, where a full step is the expensive part.
     """
 
     max_steps: int = 16
@@ -84,6 +95,7 @@ class NewtonOptions:
     curvature: str = "relinearize"
     extrapolate: int = 0
     damping: str = "lm"
+    warmup: float | None = None
 
     def __post_init__(self):
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
@@ -96,6 +108,9 @@ class NewtonOptions:
             raise InvalidInputError(f"curvature must be 'frozen' or 'relinearize', got {self.curvature!r}")
         if isinstance(self.extrapolate, bool) or not isinstance(self.extrapolate, int) or self.extrapolate < 0:
             raise InvalidInputError(f"extrapolate must be an integer >= 0, got {self.extrapolate!r}")
+        w = self.warmup
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1):
+            raise InvalidInputError(f"warmup must be None or a fraction in [0, 1), got {w!r}")
         if not (0 < self.c1 < 0.5) or int(self.max_backtracks) < 1:
             raise InvalidInputError("c1 must lie in (0, 0.5) and max_backtracks be >= 1")
 
@@ -107,6 +122,9 @@ class NewtonReport:
     steps: int = 0
     stop_reason: str = ""
     history: list = field(default_factory=list)
+    dec0: float | None = None  # the first step's Newton decrement δ₁² (the stopping rule's reference)
+    drop0: float | None = None  # the first step's decrease of the objective
+    warmup: dict | None = None  # the subsampled warm-up (NewtonOptions.warmup): what ran and why
 
     def summary(self) -> dict:
         return asdict(self)
@@ -158,24 +176,30 @@ def converged(dec: float, dec0: float, drop: float, drop0: float, rho: float | N
 
 def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Callable, opts: NewtonOptions, *,
                  first: tuple[float, torch.Tensor] | None = None,
-                 on_step: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, NewtonReport]:
+                 on_step: Callable | None = None, d_start: torch.Tensor | None = None,
+                 reference: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, NewtonReport]:
     """Minimize ``objective`` from ``w_start`` by relinearized Gauss-Newton steps (module docstring).
 
     solve : ``solve(w, g, k) -> s`` with ``(G(w) + λI) s = g`` (the curvature at ``w``; ``k`` the step number,
         for the solve's name); with ``opts.damping == "lm"``, ``solve(w, g, k, mu)`` solves ``(G(w) + λI + μI) s = g``.  first : ``(F, ∇F)`` at ``w_start`` if already known.
     on_step : ``on_step(k, w)`` after each accepted step (progress, or to study the iterates).
+    d_start : start from ``w_start + d_start`` (the displacement of an earlier iteration, e.g. the subsampled warm-up;
+        the iterates stay ``w_start + Δ_k``).  reference : ``(δ₁², drop₁)`` of that earlier iteration's first step: the
+        stopping rule compares against them (and may stop after this iteration's first step) instead of its own.
     Returns ``(w, Δ, report)`` with ``w = w_start + Δ`` exactly as evaluated (the iterates are ``w_start + Δ_k``, the
     displacement accumulated, so that ``w_start + Δ`` reproduces the last evaluated weights bit for bit).
     """
     rep = NewtonReport()
     origin = w_start.detach().clone()
-    w, d = origin, torch.zeros_like(origin)
+    d = torch.zeros_like(origin) if d_start is None else d_start.detach().clone()
+    w = origin if d_start is None else origin + d
     F, g = objective.value_and_grad(w) if first is None else first
-    dec0 = dec_prev = None
-    lm, mu, lam, drop0, t_prev = opts.damping == "lm", 0.0, getattr(solve, "lam", None), None, 1.0
+    dec0, drop0 = (None, None) if reference is None else (float(reference[0]), reference[1])
+    dec_prev = None
+    lm, mu, lam, t_prev = opts.damping == "lm", 0.0, getattr(solve, "lam", None), 1.0
     probe = getattr(solve, "probe", None)
     for k in range(1, opts.max_steps + 1):
-        if opts.stop_on_growth and dec0 is not None and probe is not None:
+        if opts.stop_on_growth and dec_prev is not None and probe is not None:
             # the growth test first with the last step's curvature (no new Jacobian); it jumps 10–300× where it fires
             x = probe(g, mu, k)
             dec_probe = None if x is None else float(g @ x)
@@ -194,7 +218,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
             rep.history.append({"step": k, "objective_before": F, "decrement": dec, "rejected": "not a descent direction"})
             rep.stop_reason = f"step {k}: the Newton direction is not a descent direction (δ² = {dec:.3g}); stopped"
             break
-        if opts.stop_on_growth and dec0 is not None and dec > dec_prev:
+        if opts.stop_on_growth and dec_prev is not None and dec > dec_prev:
             rep.history.append({"step": k, "objective_before": F, "decrement": dec, "rejected": "the decrement grew"})
             rep.stop_reason = (f"step {k}: the Newton decrement grew (δ² {dec_prev:.3g} -> {dec:.3g}): the Gauss-Newton model no "
                                f"longer describes the objective; stopped after {k - 1} step(s)")
@@ -202,9 +226,12 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
         dec0 = dec if dec0 is None else dec0
         dec_prev = dec
         last = k == opts.max_steps
+        # the decrement already meets the stopping rule: this step is probably the last, its gradient not needed
+        likely_last = last or (opts.rel_decrement > 0 and (k > 1 or reference is not None) and dec <= opts.rel_decrement * dec0)
         if opts.line_search:
-            # score the full step with its gradient (reused when accepted) unless the last full step was rejected
-            t, F_new, tries, g_new = armijo(objective, w, s, F, -dec, opts, grad_first=not last and t_prev == 1.0,
+            # score the full step with its gradient (reused when accepted) unless the last full step was rejected or
+            # this step is probably the last
+            t, F_new, tries, g_new = armijo(objective, w, s, F, -dec, opts, grad_first=not likely_last and t_prev == 1.0,
                                             point=lambda t_, d=d, s=s: origin + (d + t_ * s))
             t_prev = t
         elif last:
@@ -234,16 +261,17 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
         if k == opts.max_steps:
             rep.stop_reason = f"max_steps = {opts.max_steps} reached (δ²/δ₁² = {dec / dec0:.3g})"
             break
-        drop0 = (F - F_new) if k == 1 else drop0
+        drop0 = (F - F_new) if drop0 is None else drop0
         # with LM damping a large μ shrinks δ² by itself: the step's actual decrease must have fallen too, on a step the
         # quadratic model predicted (ρ ≥ 1/4; a small decrease on a badly predicted step is not convergence)
-        if k > 1 and converged(dec, dec0, F - F_new, drop0, rho if lm else None, opts.rel_decrement):
+        if (k > 1 or reference is not None) and converged(dec, dec0, F - F_new, drop0, rho if lm else None, opts.rel_decrement):
             rep.stop_reason = (f"Newton decrement δ² fell to {dec / dec0:.3g}·δ₁² ≤ {opts.rel_decrement} after {k} steps"
                                + (f" (and the step's decrease to {(F - F_new) / drop0:.3g} of the first)" if lm else ""))
             break
         F, g = (F_new, g_new) if g_new is not None else objective.value_and_grad(w)
     if not rep.stop_reason:
         rep.stop_reason = "no step taken"
+    rep.dec0, rep.drop0 = dec0, drop0
     return w, d, rep
 
 

@@ -5,8 +5,10 @@ For a set ``S`` of ``n`` samples, the PEFT vector ``w`` (p,), the training loss 
 (the network, or its linearization ``f_lin(x; w) = f(x; w̄) + J(x)(w − w̄)`` when the model was trained
 linearized)::
 
-    F(w) = Σ_{i∈S} ℓ(f(x_i; w), y_i) + ½λ‖w − c‖² − bᵀ(w − w_ref)
+    F(w) = a·Σ_{i∈S} ℓ(f(x_i; w), y_i) + ½λ‖w − c‖² − bᵀ(w − w_ref)
 
+``a`` (``weight``, default 1) scales the data term: ``a = n_r/|S|`` makes a uniform subsample ``S`` of ``D_r`` an
+unbiased estimate of the whole set's loss (the subsampled warm-up of :mod:`fastntk.update.tilted`).
 ``λ`` (ridge, sum convention) and its centre ``c``; ``b`` (p,) an optional *tilt*: the linear term that
 makes a given point ``w_ref`` stationary for the full-data objective (see :mod:`fastntk.update.newton`).
 Every pass is one batched forward (value) or forward + backward (gradient) over ``S``.
@@ -48,6 +50,7 @@ class NetworkObjective:
     tilt, tilt_ref : ``b`` and ``w_ref`` (both or neither).
     linearized_at : ``w̄`` when the model is the linearization at ``w̄`` (trained with ``linearized-mse``).
     memo : ``None`` or a dict shared with objectives on the same samples, loss and function (module docstring).
+    weight : ``a``, the scale of the data term (``data_loss`` stays unscaled).
     """
 
     peft: object
@@ -62,8 +65,11 @@ class NetworkObjective:
     linearized_at: torch.Tensor | None = None
     batch_size: int = 256
     memo: dict | None = None
+    weight: float = 1.0
 
     def __post_init__(self):
+        if not (self.weight > 0):
+            raise InvalidInputError(f"weight must be > 0, got {self.weight!r}")
         if self.loss not in ("ce", "mse"):
             raise InvalidInputError(f"loss must be 'ce' or 'mse', got {self.loss!r}")
         if self.ridge > 0 and self.center is None:
@@ -80,7 +86,7 @@ class NetworkObjective:
     def with_tilt(self, tilt: torch.Tensor, ref: torch.Tensor) -> "NetworkObjective":
         """The same objective with the linear term ``−bᵀ(w − w_ref)``."""
         return NetworkObjective(self.peft, self.X, self.y, self.loss, self.target_scale, self.ridge, self.center, tilt, ref,
-                                self.linearized_at, self.batch_size, self.memo)
+                                self.linearized_at, self.batch_size, self.memo, self.weight)
 
     def _batches(self):
         dev, dt = self.peft.device, self.peft.dtype
@@ -120,7 +126,7 @@ class NetworkObjective:
 
     def value(self, w: torch.Tensor) -> float:
         """``F(w)``: one forward pass."""
-        return self.data_loss(w)[0] + self._extra(w)
+        return self.weight * self.data_loss(w)[0] + self._extra(w)
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``(F(w), ∇F(w))``: one forward + backward pass."""
@@ -135,8 +141,10 @@ class NetworkObjective:
             total += float(lv.detach())
             hits += int((out.detach().argmax(-1) == yb).sum())
         self._remember(w, total, hits)
+        if self.weight != 1.0:
+            grad *= self.weight
         if self.ridge > 0:
             grad += self.ridge * (w - self.center)
         if self.tilt is not None:
             grad -= self.tilt
-        return total + self._extra(w), grad
+        return self.weight * total + self._extra(w), grad

@@ -12,12 +12,14 @@ builds it from the data and runs it:
    (float64 Cholesky, cached ``J``, small system) or by CG.
 
 Cost: 2 gradient passes, then per step one Jacobian of ``D_r`` at the current weights, one solve, one
-gradient pass and the line search's forward passes.
+gradient pass and the line search's forward passes.  On the plain retain objective, ``NewtonOptions.warmup`` (off by
+default; :func:`warmup_size`) takes the first steps on a uniform subsample of ``D_r`` instead.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -48,6 +50,10 @@ PRECONDITIONING_SKETCH_M = (0.25, 1024)
 GATED_SKETCH_K, GATED_SKETCH_M, GATE_MAX_ERROR = 2, 0.5, 0.3
 #: the gate needs at least this many samples in D_r (smaller: the exact J̃ is cheap anyway)
 GATE_MIN_SAMPLES = 256
+
+#: the subsampled warm-up (NewtonOptions.warmup) takes at least this many samples of D_r (or all of them), and runs only
+#: where it takes at most half of D_r (smaller sets: the saving would not pay for the extra full steps)
+WARMUP_MIN_SAMPLES = 512
 
 #: ρ of the per-sample ridge rule ``λ = ρ·n_r`` (ridge="per-sample": weight decay ρ towards w0 on the mean retain loss)
 PER_SAMPLE_RIDGE = 0.015
@@ -249,20 +255,34 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     if ridge == "stationarity" and w0 is None:
         raise InvalidInputError("ridge='stationarity' needs w0, the PEFT vector before fine-tuning; or pass ridge=")
     memo = {}  # D_r's data loss and accuracy at every w evaluated (the do-no-harm check reuses them)
-    L_r, g_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size,
-                                memo=memo).value_and_grad(w_trained)
+    if newton.stop_on_growth is None:
+        newton = dataclasses.replace(newton, stop_on_growth=tilt)
+    fixed_point_exact = not tilt and newton.curvature == "relinearize" and curvature is None
+    n_warm, warm_why = warmup_size(newton, jac, int(X_r.shape[0]), fixed_point_exact)
+    obj_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size, memo=memo)
+    if n_warm and ridge != "stationarity":  # the warm-up starts on its subsample: ∇L_r(w_t) is not needed, only L_r(w_t)
+        L_r, g_r = obj_r.data_loss(w_trained)[0], None
+    else:
+        L_r, g_r = obj_r.value_and_grad(w_trained)
     g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
     t_grad = time.perf_counter() - t0
     steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f),
-                        fixed_point_exact=not tilt and newton.curvature == "relinearize" and curvature is None)
-    lam, rinfo = _select_ridge(ridge, g_r + g_f, w_trained, center, steps, int(X_r.shape[0]))
+                        fixed_point_exact=fixed_point_exact)
+    lam, rinfo = _select_ridge(ridge, None if g_r is None else g_r + g_f, w_trained, center, steps, int(X_r.shape[0]))
     F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt,
                                    memo)
     steps.lam = lam
-    if newton.stop_on_growth is None:
-        newton = dataclasses.replace(newton, stop_on_growth=tilt)
-    w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
+    if n_warm:
+        w, delta, rep, winfo = _warm_then_full(peft, (X_r, y_r), loss, target_scale, batch_size, lam, center, F_r, first, steps,
+                                               newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
+    else:
+        w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
+        winfo = None
+        rep.warmup = {"used": False, "why": warm_why}
     info = steps.info
+    if winfo is not None:
+        for key in ("jacobian", "solve", "error estimate"):
+            info[key] = info.get(key, 0.0) + winfo.get(key, 0.0)
     est = info.get("error estimate", 0.0)  # the half-sketch error estimate (sketched curvature only)
     timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"], "error estimate": est,
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"] - est}
@@ -270,6 +290,59 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
                         sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
                         curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo)
+
+
+def warmup_size(newton: NewtonOptions, jac: JacobianOptions, n_r: int, fixed_point_exact: bool) -> tuple[int, str]:
+    """``(|S|, why)`` of the subsampled warm-up (``NewtonOptions.warmup``), ``|S| = 0`` when it does not run."""
+    frac = newton.warmup
+    if not frac:
+        return 0, "warmup=None: every step on all of D_r"
+    if not fixed_point_exact:
+        return 0, ("no warm-up: only the plain relinearized retain objective, whose minimizer does not depend on where the "
+                   "steps start, takes one (the tilted objective's first step is the answer)")
+    if newton.rel_decrement <= 0:
+        return 0, "no warm-up: a fixed number of steps was requested"
+    if jac.curvature_source == "exact":
+        return 0, "no warm-up: curvature_source='exact' (an exact J̃ of D_r per step dominates the cost)"
+    m = max(int(math.ceil(frac * n_r)), min(n_r, WARMUP_MIN_SAMPLES))
+    if 2 * m > n_r:
+        return 0, (f"no warm-up: its subsample (max({frac:g}·n_r, min(n_r, {WARMUP_MIN_SAMPLES})) = {m} samples) would be more "
+                   f"than half of D_r (n_r = {n_r})")
+    return m, (f"warm-up on {m} of {n_r} retain samples (max({frac:g}·n_r, {WARMUP_MIN_SAMPLES}), uniform, loss × n_r/{m}) "
+               "until the stopping rule, then steps on all of D_r")
+
+
+def _warm_then_full(peft, retain, loss, target_scale, batch_size, lam, center, F_r, first, steps, newton, jac, ctx, m, why,
+                    w_trained, on_step):
+    """The subsampled warm-up then the full steps (``NewtonOptions.warmup``): ``(w, Δ, report, solver info)``."""
+    X_r, y_r = retain
+    n_r = int(X_r.shape[0])
+    gen = torch.Generator().manual_seed(int(jac.sketch_seed) + 104729)
+    idx = torch.randperm(n_r, generator=gen)[:m].sort().values
+    F_S = NetworkObjective(peft, X_r[idx], y_r[idx], loss=loss, target_scale=target_scale, ridge=lam, center=center,
+                           batch_size=batch_size, weight=n_r / m)
+    # its curvature: the same unbiased sketch of G_r, on m samples (it only preconditions the warm-up's steps)
+    jac_w = jac if jac.sketch_m is not None else dataclasses.replace(jac, sketch_m=m)
+    warm = _StepSolver(peft, X_r, loss, jac_w, newton, ctx, None, steps.C, fixed_point_exact=True)
+    warm.lam = lam
+    log.info("fastntk: %s", why)
+    _, d1, rep1 = gauss_newton(F_S, w_trained, warm, newton, on_step=on_step)
+    ref = (rep1.dec0, rep1.drop0) if (rep1.steps > 0 and rep1.dec0 is not None) else None
+    steps.step_offset = rep1.steps
+    first2 = first if rep1.steps == 0 else None
+    on2 = None if on_step is None else (lambda k, w_: on_step(rep1.steps + k, w_))
+    w, d, rep2 = gauss_newton(F_r, w_trained, steps, newton, first=first2, on_step=on2,
+                              d_start=d1 if rep1.steps else None, reference=ref)
+    rep = NewtonReport(steps=rep1.steps + rep2.steps,
+                       stop_reason=f"{rep2.stop_reason} (on all of D_r, after {rep1.steps} warm-up step(s) on {m} samples: "
+                                   f"{rep1.stop_reason})",
+                       history=[dict(h, phase=f"warm-up ({m} of {n_r})") for h in rep1.history] +
+                               [dict(h, phase="all of D_r") for h in rep2.history],
+                       dec0=rep2.dec0, drop0=rep2.drop0,
+                       warmup={"used": True, "why": why, "samples": m, "n_retain": n_r, "steps": rep1.steps,
+                               "full_steps": rep2.steps, "stop_reason": rep1.stop_reason})
+    winfo = {k: warm.info.get(k, 0.0) for k in ("jacobian", "solve", "error estimate")}
+    return w, d, rep, winfo
 
 
 def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: torch.Tensor, steps: "_StepSolver", n_r: int):
@@ -304,6 +377,9 @@ def _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, cente
     """``(F_r, (F_r(w_t), ∇F_r(w_t)))``: the tilted (``b = g_D + λ(w_t − c)``, ``∇F_r(w_t) = −g_f``) or plain objective."""
     d = w_trained - center
     F0 = L_r + 0.5 * lam * float(d @ d)  # the tilt term is 0 at its reference w_t
+    if g_r is None:  # the warm-up computes its own first gradient
+        return NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
+                                batch_size=batch_size, memo=memo), None
     if tilt:
         F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
                                tilt=g_r + g_f + lam * d, tilt_ref=w_trained.detach().clone(), batch_size=batch_size, memo=memo)
@@ -322,6 +398,7 @@ class _StepSolver:
         self.peft, self.X_r, self.loss, self.jac, self.newton, self.ctx, self.curvature, self.C = (
             peft, X_r, loss, jac, newton, ctx, curvature, C)
         self.fixed_point_exact = fixed_point_exact
+        self.step_offset = 0  # added to the step number that seeds each sketch (after a warm-up: fresh draws)
         self.prev = None  # the last relinearized step's curvature source (for the growth probe)
         self.lam = None
         self.src = None  # the current curvature source (kept across steps when frozen)
@@ -333,8 +410,8 @@ class _StepSolver:
         self.prev = None  # the probe's curvature is not needed once a new one is built (never two alive at once)
         t = time.perf_counter()
         jac = self.jac if not (self.gate and not self.gate["accepted"]) else dataclasses.replace(self.jac, curvature_source="exact")
-        self.src, self.info["curvature"] = curvature_source(self.peft, self.X_r, w, self.loss, jac, self.C, step,
-                                                            fixed_point_exact=self.fixed_point_exact)
+        self.src, self.info["curvature"] = curvature_source(self.peft, self.X_r, w, self.loss, jac, self.C,
+                                                            step + self.step_offset, fixed_point_exact=self.fixed_point_exact)
         if jac is not self.jac:
             self.info["curvature"] = f"{self.gate['why']}: the exact J̃ of D_r (step {step})"
         self.info["jacobian"] += time.perf_counter() - t
@@ -399,6 +476,10 @@ class _StepSolver:
         src = self.src if (self.src is not None and (k == 1 or self.newton.curvature == "frozen")) else self._source(w, k)
         if k == 1 and "sketch" not in info and getattr(src, "gated", False):
             src, info["sketch"] = self._gate(src, g, w)
+        elif k == 1 and "sketch" not in info and self.fixed_point_exact and getattr(src, "strategy", "") == "sketch":
+            info["sketch"] = {"estimated_relative_error": None,
+                              "why": "not estimated: the sketch only preconditions steps whose fixed point uses exact gradients "
+                                     "(the plain retain objective), so its error is not the update's"}
         elif k == 1 and "sketch" not in info:
             t_e = time.perf_counter()
             info["sketch"] = sketch_error(src, g, self.lam)
