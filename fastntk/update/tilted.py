@@ -273,8 +273,7 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
                                    memo)
     steps.lam = lam
     if n_warm:
-        w, delta, rep, winfo = _warm_then_full(peft, (X_r, y_r), loss, target_scale, batch_size, lam, center, F_r, first, steps,
-                                               newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
+        w, delta, rep, winfo = _warm_then_full(F_r, first, steps, newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
     else:
         w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
         winfo = None
@@ -312,19 +311,18 @@ def warmup_size(newton: NewtonOptions, jac: JacobianOptions, n_r: int, fixed_poi
                "until the stopping rule, then steps on all of D_r")
 
 
-def _warm_then_full(peft, retain, loss, target_scale, batch_size, lam, center, F_r, first, steps, newton, jac, ctx, m, why,
-                    w_trained, on_step):
-    """The subsampled warm-up then the full steps (``NewtonOptions.warmup``): ``(w, Δ, report, solver info)``."""
-    X_r, y_r = retain
-    n_r = int(X_r.shape[0])
+def _warm_then_full(F_r, first, steps, newton, jac, ctx, m, why, w_trained, on_step):
+    """The subsampled warm-up then the full steps (``NewtonOptions.warmup``) on the plain retain objective ``F_r``:
+    ``(w, Δ, report, solver info)``."""
+    n_r = F_r.n
     gen = torch.Generator().manual_seed(int(jac.sketch_seed) + 104729)
     idx = torch.randperm(n_r, generator=gen)[:m].sort().values
-    F_S = NetworkObjective(peft, X_r[idx], y_r[idx], loss=loss, target_scale=target_scale, ridge=lam, center=center,
-                           batch_size=batch_size, weight=n_r / m)
+    # the same objective (loss, ridge, centre) on the subsample, its data term × n_r/m; its own memo (other samples)
+    F_S = dataclasses.replace(F_r, X=F_r.X[idx], y=F_r.y[idx], weight=n_r / m, memo=None)
     # its curvature: the same unbiased sketch of G_r, on m samples (it only preconditions the warm-up's steps)
     jac_w = jac if jac.sketch_m is not None else dataclasses.replace(jac, sketch_m=m)
-    warm = _StepSolver(peft, X_r, loss, jac_w, newton, ctx, None, steps.C, fixed_point_exact=True)
-    warm.lam = lam
+    warm = _StepSolver(steps.peft, steps.X_r, steps.loss, jac_w, newton, ctx, None, steps.C, fixed_point_exact=True)
+    warm.lam = steps.lam
     log.info("fastntk: %s", why)
     _, d1, rep1 = gauss_newton(F_S, w_trained, warm, newton, on_step=on_step)
     ref = (rep1.dec0, rep1.drop0) if (rep1.steps > 0 and rep1.dec0 is not None) else None
