@@ -60,6 +60,11 @@ VARIANTS: dict[str, dict] = {
     # the per-sample ridge λ = ρ·n_r (ρ = PER_SAMPLE_RIDGE) and the relative one, whichever ridge="auto" is
     "ridge per-sample": dict(ridge="per-sample"),
     "ridge relative": dict(ridge="relative"),
+    # the per-sample ridge scaled (λ = m·ρ·n_r): how sensitive the gap is to the one constant of the CE route
+    "ridge ×0.25": dict(ridge_mult=0.25),
+    "ridge ×0.5": dict(ridge_mult=0.5),
+    "ridge ×2": dict(ridge_mult=2.0),
+    "ridge ×4": dict(ridge_mult=4.0),
 }
 BASELINES = ("FT", "GA", "NegGrad+")
 
@@ -182,6 +187,8 @@ def run_one(args, model, scen, seed, cls) -> dict:
         import fastntk.update.tilted as _tilted
 
         kappa0 = _tilted.RELATIVE_RIDGE
+        if "ridge_mult" in kw:
+            kw["ridge"] = kw.pop("ridge_mult") * _tilted.PER_SAMPLE_RIDGE * len(e.retain)
         _tilted.RELATIVE_RIDGE = kw.pop("kappa", kappa0)
         try:
             if kw.pop("prepared", False):
