@@ -16,6 +16,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("trace_ce_ridge", "CE one class: the per-sample ridge scaled by m = ¼ … 4 on three families (small CNN, ViT, resnet10t), the retain loss each ridge reaches against the retraining's, and what a loss-matched rule would pick",
+     "python benchmarks/trace_ce_ridge.py --models --merge benchmarks/results/trace_ce_ridge_cnn.json benchmarks/results/trace_ce_ridge_vit.json benchmarks/results/trace_ce_ridge_r10.json  # after: OMP_NUM_THREADS=1 python benchmarks/trace_ce_ridge.py --models fastntk_cnn_small --name trace_ce_ridge_cnn; ... --models fastntk_vit_tiny --limit 2000 --name trace_ce_ridge_vit; ... --models resnet10t --limit 2000 --name trace_ce_ridge_r10"),
+    ("ce_ridge_cnn", "CE one class, small CNN: the default against the per-sample ridge ×¼, ×½, ×2, ×4, with the baselines",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'ridge ×0.25' 'ridge ×0.5' 'ridge ×2' 'ridge ×4' --baselines --name ce_ridge_cnn"),
+    ("ce_ridge_vit", "CE one class, ViT with visual prompts: the default against the per-sample ridge ×¼, ×½, ×2, ×4, with the baselines",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'ridge ×0.25' 'ridge ×0.5' 'ridge ×2' 'ridge ×4' --baselines --name ce_ridge_vit"),
     ("ce_warmup_cnn10k", "CE one class, small CNN at 10k images: the subsampled warm-up (NewtonOptions.warmup, a quarter / an eighth of D_r) against the default (no warm-up). Run while the warm-up was the default: relabelled",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --limit 10000 --classes 0 1 --scenarios class --variants 'Fast-NTK (default)' 'Fast-NTK warm-up 1/4' 'Fast-NTK warm-up 1/8' --baselines --name ce_warmup_cnn10k"),
     ("ce_warmup_vit", "CE one class, ViT with visual prompts: the warm-up on a quarter of D_r against the default (relabelled as above)",

@@ -116,3 +116,20 @@ def test_ce_quick_times_retraining_in_process(tmp_path):
         assert _finite(m["time_ratio_now"]) and m["time_ratio_now"] == pytest.approx(m["seconds"] / r["retrain_seconds_now"])
     with open(tmp_path / "ce_quick.md", encoding="utf-8") as fh:
         assert "Retraining timed here" in fh.read()
+
+
+def test_trace_ce_ridge_quick(tmp_path):
+    """trace_ce_ridge scores the default update at every ridge multiplier and derives its picks from those rows: the best
+    multiplier has the smallest gap, the loss-matched one the retain loss nearest the original's on D (in log)."""
+    _run_quick("trace_ce_ridge.py", tmp_path, "--classes", "0", "--mults", "1", "2", "--setups", str(tmp_path / "setups"))
+    d = _load(tmp_path, "trace_ce_ridge_quick")
+    (r,) = d["runs"]
+    assert [g["mult"] for g in r["grid"]] == [1.0, 2.0]
+    assert r["grid"][1]["ridge"] == pytest.approx(2 * r["grid"][0]["ridge"])
+    for g in r["grid"]:
+        assert _finite(g["gap"]) and _finite(g["loss_Dr"]) and g["loss_Dr"] > 0
+    assert r["best"]["gap"] == min(g["gap"] for g in r["grid"])
+    tau = r["loss"]["original_D"]
+    near = min(r["grid"], key=lambda g: abs(math.log(g["loss_Dr"] / tau)))
+    assert r["loss_matched"] == {"mult": near["mult"], "gap": near["gap"]}
+    assert os.path.isfile(tmp_path / "trace_ce_ridge_quick.png")
