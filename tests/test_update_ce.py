@@ -577,3 +577,92 @@ def test_network_objective_weight_scales_the_data_term_only():
     assert three.value(w) == pytest.approx(v3, rel=1e-12) and three.data_loss(w) == one.data_loss(w)
     with pytest.raises(InvalidInputError):
         NetworkObjective(peft, X, y, weight=0.0)
+
+
+def _sharp_linear_head(C=4, sharpness=100.0):
+    """A linear head fit perfectly and confidently: labels are its own predictions, weights scaled up (small CE)."""
+    m = linear_model(3, C=C)
+    peft = NamedPeft(m, ["1.*"])
+    X, _ = _data(200, 11, C=C)
+    with torch.no_grad():
+        y = peft.functional()(peft.vector(), X).argmax(-1)
+    return peft, X, y, sharpness * peft.vector().clone()
+
+
+def test_harm_bound_lets_a_tightly_fit_model_lose_confidence_half_way_to_chance():
+    """Scaling every logit by a < 1 keeps each prediction and raises the CE: a forgetting-like loss of confidence.  On a
+    tightly fit model the loss can more than double while still far from chance (log C): the check passes it at full
+    size with chance_loss = log C, and (loss_chance = 0: the relative bound alone) damps it without; past half way to
+    chance it fails either way."""
+    import math
+
+    from fastntk.update.guard import loss_bound
+
+    C = 4
+    peft, X, y, w = _sharp_linear_head(C)
+    obj = NetworkObjective(peft, X, y, loss="ce")
+    l0, a0 = obj.data_loss(w)
+    l0 /= obj.n
+    assert a0 == 1.0 and l0 < 0.1 * math.log(C)
+    tol = HarmTolerance()
+    bound = loss_bound(l0, tol, math.log(C))
+    assert bound == pytest.approx(l0 + 0.5 * (math.log(C) - l0) + tol.loss_abs)
+    assert loss_bound(l0, tol, None) == pytest.approx(2 * l0 + tol.loss_abs)
+
+    def loss_at(a):
+        return obj.data_loss(a * w)[0] / obj.n
+
+    mid = [a for a in np.linspace(0.95, 0.05, 91) if 2 * l0 + 2e-3 < loss_at(a) < bound - 2e-3]
+    assert mid, "no scale lands between doubling and half way to chance"
+    a = mid[len(mid) // 2]
+    d, chk = check_no_harm(obj, w, (a - 1) * w, tol, chance_loss=math.log(C))
+    assert chk.passed and chk.scale == 1.0 and chk.acc_after == 1.0 and chk.loss_bound == pytest.approx(bound)
+    assert chk.chance_loss == pytest.approx(math.log(C))
+    d, chk = check_no_harm(obj, w, (a - 1) * w, HarmTolerance(loss_chance=0.0), chance_loss=math.log(C))
+    assert chk.scale < 1.0  # the relative bound alone halves it
+    far = 0.02  # logits 50x flatter: the loss is near log C although every prediction is kept
+    assert loss_at(far) > bound
+    with pytest.raises(HarmfulUpdateError):
+        check_no_harm(obj, w, (far - 1) * w, HarmTolerance(on_harm="raise"), chance_loss=math.log(C))
+    with pytest.raises(InvalidInputError, match="loss_chance"):
+        HarmTolerance(loss_chance=1.5)
+
+
+def test_damped_update_reports_what_it_left_of_the_forgotten_samples(caplog):
+    """forget_figures: the forgotten samples' loss and accuracy before and after the returned update, in the check; a
+    damped update says so in the log."""
+    import logging
+
+    from fastntk.update.guard import forget_figures
+
+    peft, X, y, w = _sharp_linear_head(4)
+    r, f = np.arange(150), np.arange(150, 200)
+    obj_r, obj_f = NetworkObjective(peft, X[r], y[r], loss="ce"), NetworkObjective(peft, X[f], y[f], loss="ce")
+    grad = obj_r.value_and_grad(w)[1]
+    down = -1e3 * grad / grad.norm()  # far along the descent direction: harmful at full size, harmless once damped
+    tol = HarmTolerance(loss_rel=0.0, loss_abs=0.0, loss_chance=0.0, acc_drop=1.0, max_halvings=40)
+    d, chk = check_no_harm(obj_r, w, down, tol)
+    assert chk.scale < 1.0
+    with caplog.at_level(logging.WARNING, logger="fastntk"):
+        fig = forget_figures(obj_f, w, w + d, chk)
+    assert chk.forget is fig and fig["samples"] == 50
+    l0, a0 = obj_f.data_loss(w)
+    l1, a1 = obj_f.data_loss(w + d)
+    assert fig["loss_before"] == pytest.approx(l0 / 50) and fig["loss_after"] == pytest.approx(l1 / 50)
+    assert (fig["acc_before"], fig["acc_after"]) == (a0, a1)
+    assert any("damped" in rec.getMessage() and "forgotten samples" in rec.getMessage() for rec in caplog.records)
+
+
+def test_unlearn_records_the_harm_bound_and_the_forget_figures():
+    """The CE route's check uses chance_loss = log C and records the forgotten samples' figures (a fresh evaluation)."""
+    import math
+
+    m, peft, X, y = _harmful_setup()
+    r, f = np.arange(24), np.arange(24, 30)
+    w0 = peft.vector().clone()
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=0.5, w0=w0)
+    chk = res.info["harm_check"]
+    assert res.info["C"] == 3 and chk["chance_loss"] == pytest.approx(math.log(3)) and math.isfinite(chk["loss_bound"])
+    ref = NetworkObjective(peft, X[f], y[f], loss="ce")
+    assert chk["forget"]["loss_after"] == pytest.approx(ref.data_loss(res.w_new)[0] / 6, rel=1e-12)
+    assert chk["forget"]["acc_before"] == ref.data_loss(w0)[1]

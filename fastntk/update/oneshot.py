@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from ..errors import InvalidInputError, NumericalError
 from ..operators import make_jacobian
 from ..precision import with_strict_precision
 from .forms import form_delta, ridge_fit, trapezium_scale
-from .guard import check_update, retain_sample
+from .guard import check_update, forget_figures, retain_sample
 from .inputs import check_labels, check_model, check_overlap, check_scalar, linearization_point, num_outputs, targets, xy
 from .newton import NewtonOptions
 from .objective import NetworkObjective, loss_of
@@ -88,10 +89,15 @@ def _harm_check(peft, inp: Inputs, trained_with, delta, w0, harm, target_scale, 
     if trained_with == "linearized-mse" and w0 is None:
         raise InvalidInputError("trained_with='linearized-mse' needs w0 (the linearization point) for the do-no-harm check")
     idx = torch.as_tensor(retain_sample(inp.n_r, harm.samples))
-    obj = NetworkObjective(peft, inp.X_r[idx], inp.y_r[idx], loss=loss_of(trained_with), target_scale=target_scale,
-                           linearized_at=w0 if trained_with == "linearized-mse" else None,
+    loss, lin = loss_of(trained_with), (w0 if trained_with == "linearized-mse" else None)
+    obj = NetworkObjective(peft, inp.X_r[idx], inp.y_r[idx], loss=loss, target_scale=target_scale, linearized_at=lin,
                            memo=memo if idx.numel() == inp.n_r else None)
-    return check_update(obj, inp.w_trained, delta, harm)
+    d, w_new, chk = check_update(obj, inp.w_trained, delta, harm, chance_loss=math.log(inp.C) if loss == "ce" else None)
+    if not chk.skipped:
+        fidx = torch.as_tensor(retain_sample(inp.n_f, harm.samples))
+        forget_figures(NetworkObjective(peft, inp.X_f[fidx], inp.y_f[fidx], loss=loss, target_scale=target_scale,
+                                        linearized_at=lin), inp.w_trained, w_new, chk)
+    return d, w_new, chk
 
 
 # ------------------------------------------------------------------------------------------------ the MSE route

@@ -12,6 +12,7 @@ later steps differ only by the curvature (frozen instead of relinearized).
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .options import DEFAULT_RTOL
-from .guard import HarmTolerance, check_update, retain_sample
+from .guard import HarmTolerance, check_update, forget_figures, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
 from .policy import ce_anchor
@@ -95,7 +96,10 @@ class CEUnlearner(RequestStream):
         s = torch.as_tensor(retain_sample(X_r.shape[0], self.harm.samples))
         memo = r.memo if s.numel() == X_r.shape[0] else None  # the whole retain set: the iteration's evaluations serve
         delta, w_new, chk = check_update(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce", memo=memo), self.w,
-                                         r.delta, self.harm)
+                                         r.delta, self.harm, chance_loss=math.log(self.C))
+        if not chk.skipped:
+            fs = torch.as_tensor(retain_sample(X_f.shape[0], self.harm.samples))
+            forget_figures(NetworkObjective(self.peft, X_f[fs], y_f[fs], loss="ce"), self.w, w_new, chk)
         timings = dict(r.timings, **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
         reasons = {"anchor": why, "ridge": r.ridge_info["rule"] + f": λ = {r.ridge:.4g}", "solver": r.solver,
                    "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",
