@@ -18,6 +18,8 @@ RESULTS = os.path.join(HERE, "results")
 SECTIONS = [
     ("trace_ce_ridge", "CE one class: the per-sample ridge scaled by m = ¼ … 4 on three families (small CNN, ViT, resnet10t), the retain loss each ridge reaches against the retraining's, and what a loss-matched rule would pick",
      "python benchmarks/trace_ce_ridge.py --models --merge benchmarks/results/trace_ce_ridge_cnn.json benchmarks/results/trace_ce_ridge_vit.json benchmarks/results/trace_ce_ridge_r10.json  # after: OMP_NUM_THREADS=1 python benchmarks/trace_ce_ridge.py --models fastntk_cnn_small --name trace_ce_ridge_cnn; ... --models fastntk_vit_tiny --limit 2000 --name trace_ce_ridge_vit; ... --models resnet10t --limit 2000 --name trace_ce_ridge_r10"),
+    ("trace_ce_ridge_r10_guard2x", "The resnet10t rows of the ridge study under the previous do-no-harm bound (retain loss at most doubled): updates with 2× and 4× the default ridge halved and the class left in place",
+     "OMP_NUM_THREADS=1 python benchmarks/trace_ce_ridge.py --models resnet10t --limit 2000 --name trace_ce_ridge_r10  # at the commit before the half-way-to-chance bound, renamed"),
     ("ce_ridge_cnn", "CE one class, small CNN: the default against the per-sample ridge ×¼, ×½, ×2, ×4, with the baselines",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'ridge ×0.25' 'ridge ×0.5' 'ridge ×2' 'ridge ×4' --baselines --name ce_ridge_cnn"),
     ("ce_ridge_vit", "CE one class, ViT with visual prompts: the default against the per-sample ridge ×¼, ×½, ×2, ×4, with the baselines",
