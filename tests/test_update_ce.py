@@ -624,8 +624,9 @@ def test_harm_bound_lets_a_tightly_fit_model_lose_confidence_half_way_to_chance(
     assert loss_at(far) > bound
     with pytest.raises(HarmfulUpdateError):
         check_no_harm(obj, w, (far - 1) * w, HarmTolerance(on_harm="raise"), chance_loss=math.log(C))
-    with pytest.raises(InvalidInputError, match="loss_chance"):
-        HarmTolerance(loss_chance=1.5)
+    for bad in (1.5, -0.1, float("nan"), True):
+        with pytest.raises(InvalidInputError, match="loss_chance"):
+            HarmTolerance(loss_chance=bad)
 
 
 def test_damped_update_reports_what_it_left_of_the_forgotten_samples(caplog):

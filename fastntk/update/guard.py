@@ -15,8 +15,8 @@ knows nothing (cross-entropy: ``log C``, the uniform prediction; not used for MS
 Forgetting legitimately changes the retain loss (retraining does; forgetting a class lowers the confidence of the
 whole model, so the retain cross-entropy can rise by a third while the retain accuracy rises): the default allows
 the mean retain loss to double, or — for a model fit so tightly that doubling is a small step (resnet10t, class 1 of
-benchmarks/trace_ce_ridge.py: mean retain CE 0.147, retraining's 0.173, an update with twice the default ridge 0.3 at
-the same retain accuracy, halved by the old bound and leaving the class unforgotten) — to rise half way to chance.
+benchmarks/trace_ce_ridge.py: mean retain CE 0.147, retraining's 0.173; an update with twice the default ridge reached
+0.35 with retain accuracy 2.5 points lower, and halving it left the class unforgotten) — to rise half way to chance.
 An update that destroys the model (retain accuracy near 0, a retain loss many times larger, or near chance) fails by
 orders of magnitude.  A failing
 update is damped (``w_old + sΔ`` with ``s = ½, ¼, …``, ``max_halvings`` tries); if no damped update passes,
@@ -53,7 +53,7 @@ class HarmTolerance:
     enabled: bool = True
 
     def __post_init__(self):
-        if not (isinstance(self.loss_chance, (int, float)) and 0 <= self.loss_chance <= 1):
+        if isinstance(self.loss_chance, bool) or not (isinstance(self.loss_chance, (int, float)) and 0 <= self.loss_chance <= 1):
             raise InvalidInputError(f"HarmTolerance.loss_chance must lie in [0, 1], got {self.loss_chance!r}")
         for k in ("loss_rel", "loss_abs", "acc_drop"):
             v = getattr(self, k)
