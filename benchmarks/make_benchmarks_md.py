@@ -16,6 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_psketch", "CE one class, 15 requests (small CNN, ViT, resnet10t; five classes each): the preconditioning sketch on n_r/4 samples (now the default, 'sketch k=1, m=n/4') against the previous default, which took at least 1024 samples ('Fast-NTK (default)' in these runs)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'sketch k=1, m=n/4' 'sketch k=1, m=n' --baselines --name ce_psketch_cnn  # likewise --classes 3 4 (ce_psketch_cnn34); --models fastntk_vit_tiny resnet10t --limit 2000 (ce_psketch_other, ce_psketch_vit34, ce_psketch_r10_34); then --resummarize those five JSON files --name ce_psketch"),
     ("trace_ce_ridge", "CE one class: the per-sample ridge scaled by m = ¼ … 4 on three families (small CNN, ViT, resnet10t), the retain loss each ridge reaches against the retraining's, and what a loss-matched rule would pick",
      "python benchmarks/trace_ce_ridge.py --models --merge benchmarks/results/trace_ce_ridge_cnn.json benchmarks/results/trace_ce_ridge_vit.json benchmarks/results/trace_ce_ridge_r10.json  # after: OMP_NUM_THREADS=1 python benchmarks/trace_ce_ridge.py --models fastntk_cnn_small --name trace_ce_ridge_cnn; ... --models fastntk_vit_tiny --limit 2000 --name trace_ce_ridge_vit; ... --models resnet10t --limit 2000 --name trace_ce_ridge_r10"),
     ("trace_ce_ridge_r10_guard2x", "The resnet10t rows of the ridge study under the previous do-no-harm bound (retain loss at most doubled): updates with 2× and 4× the default ridge halved and the class left in place",
