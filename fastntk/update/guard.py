@@ -16,7 +16,8 @@ Forgetting legitimately changes the retain loss (retraining does; forgetting a c
 whole model, so the retain cross-entropy can rise by a third while the retain accuracy rises): the default allows
 the mean retain loss to double, or — for a model fit so tightly that doubling is a small step (resnet10t, class 1 of
 benchmarks/trace_ce_ridge.py: mean retain CE 0.147, retraining's 0.173; an update with twice the default ridge reached
-0.35 with retain accuracy 2.5 points lower, and halving it left the class unforgotten) — to rise half way to chance.
+0.35 with retain accuracy 2.5 points lower, and halving it left the class unforgotten, results
+trace_ce_ridge_r10_guard2x) — to rise half way to chance.
 An update that destroys the model (retain accuracy near 0, a retain loss many times larger, or near chance) fails by
 orders of magnitude.  A failing
 update is damped (``w_old + sΔ`` with ``s = ½, ¼, …``, ``max_halvings`` tries); if no damped update passes,
