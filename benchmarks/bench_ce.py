@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict] = {
     "Fast-NTK warm-up 1/8": dict(warmup=0.125),
     # sketched curvature in every relinearized step (issue 14): k rows per sample, m of the n_r samples
     "sketch k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25),
+    # the previous default's preconditioning sketch where 1024 ≤ n_r < 4096 (it took max(n_r/4, min(n_r, 1024)) samples)
+    "sketch k=1, m=1024": dict(curvature_source="sketch", sketch_k=1, sketch_m=1024),
     "sketch k=2, m=n/2": dict(curvature_source="sketch", sketch_k=2, sketch_m=0.5),
     "sketch k=1, m=n": dict(curvature_source="sketch", sketch_k=1),
     "sketch k=2, m=n": dict(curvature_source="sketch", sketch_k=2),
