@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="*", default=[], metavar="JSON", help="earlier outputs whose runs join this table")
     args = ap.parse_args(argv)
+    if args.val <= 0 and args.models:
+        ap.error("--val must be > 0: the recipe early-stops on that validation split, and the study scores it")
     set_threads(args.threads)
     from fastntk.update.tilted import PER_SAMPLE_RIDGE
 
