@@ -71,6 +71,20 @@ VARIANTS: dict[str, dict] = {
 BASELINES = ("FT", "GA", "NegGrad+")
 
 
+def recipe_arguments(ap) -> None:
+    """The fine-tuning recipe and setup cache that :func:`_config` reads (``--limit --epochs --patience --val --lr
+    --threads --cache --setups``), shared by the scripts that run on bench_ce's cached setups."""
+    ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on the validation split)")
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--val", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", default=None, help="backbone cache folder (default ~/.cache/fastntk)")
+    ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups",
+                    help="folder caching the fine-tuned / retrained weights per config ('' to retrain every time)")
+
+
 def _config(args, model, scen, seed, cls):
     from fastntk.pipeline import ExperimentConfig
 
@@ -392,17 +406,9 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2], help="forgotten class per class-scenario run (seed = index)")
     ap.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scenarios", nargs="+", default=["class", "random"])
-    ap.add_argument("--limit", type=int, default=3000)
-    ap.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on the validation split)")
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--val", type=float, default=0.1)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--threads", type=int, default=1)
+    recipe_arguments(ap)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--baselines", nargs="*", default=list(BASELINES), help="baselines to run (none: only the variants)")
-    ap.add_argument("--cache", default=None, help="backbone cache folder (default ~/.cache/fastntk)")
-    ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups",
-                    help="folder caching the fine-tuned / retrained weights per config ('' to retrain every time)")
     ap.add_argument("--name", default="ce")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--resummarize", nargs="+", default=None, metavar="JSON",

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import markdown_table, set_threads, write_results  # noqa: E402
+from benchmarks.bench_ce import recipe_arguments  # noqa: E402
 
 
 def _grid(args):
@@ -234,14 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     ap.add_argument("--prepared", action="store_true", help="MSE: also the prepared Unlearner, exact vs sketched factor")
     ap.add_argument("--prepared-ks", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--limit", type=int, default=3000)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--val", type=float, default=0.1)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=None, help="backbone cache folder (default ~/.cache/fastntk; as bench_ce.py, so that its cached setups are reused)")
-    ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups")
+    recipe_arguments(ap)  # as bench_ce.py, so that its cached setups are reused
     ap.add_argument("--name", default="sketch_grid")
     ap.add_argument("--out", default=None)
     ap.add_argument("--resummarize", default=None, metavar="JSON",

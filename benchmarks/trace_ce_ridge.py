@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import markdown_table, set_threads, write_results  # noqa: E402
+from benchmarks.bench_ce import recipe_arguments  # noqa: E402
 
 
 def trace_one(args, model: str, seed: int, cls: int) -> dict:
@@ -182,14 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*", default=["fastntk_cnn_small"])
     ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2], help="forgotten class per run (seed = index)")
     ap.add_argument("--mults", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0])
-    ap.add_argument("--limit", type=int, default=3000)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--val", type=float, default=0.1)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=None)
-    ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups")
+    recipe_arguments(ap)
     ap.add_argument("--quick", action="store_true", help="digits-size smoke run")
     ap.add_argument("--name", default="trace_ce_ridge")
     ap.add_argument("--out", default=None)

@@ -18,6 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import environment, markdown_table, set_threads, write_results  # noqa: E402
+from benchmarks.bench_ce import recipe_arguments  # noqa: E402
 
 
 def trace_one(args, model: str, seed: int, cls: int) -> dict:
@@ -89,15 +90,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["fastntk_cnn_small"])
     ap.add_argument("--classes", type=int, nargs="+", default=[0], help="forgotten class per run (seed = index, as bench_ce)")
-    ap.add_argument("--limit", type=int, default=3000)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--val", type=float, default=0.1)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    recipe_arguments(ap)
     ap.add_argument("--max-steps", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=None)
-    ap.add_argument("--setups", default="/tmp/fastntk-bench/ce-setups")
     ap.add_argument("--name", default="trace_ce_steps")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threshold-study", nargs="+", default=None, metavar="JSON",
