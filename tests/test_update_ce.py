@@ -667,3 +667,79 @@ def test_unlearn_records_the_harm_bound_and_the_forget_figures():
     ref = NetworkObjective(peft, X[f], y[f], loss="ce")
     assert chk["forget"]["loss_after"] == pytest.approx(ref.data_loss(res.w_new)[0] / 6, rel=1e-12)
     assert chk["forget"]["acc_before"] == ref.data_loss(w0)[1]
+
+
+def _sharp_class_request():
+    """The sharp linear head (logits ×30) asked to forget class 0, the ridge centred at w0 = 0 (uniform predictions): the
+    default per-sample ridge pulls the retained classes' fit back so far that the update fails the accuracy bound."""
+    peft, X, y, w = _sharp_linear_head(4, 30.0)
+    peft.write(w)
+    f, r = (y == 0).nonzero()[:, 0], (y != 0).nonzero()[:, 0]
+    return peft.model, peft, X, y, r, f, torch.zeros_like(w)
+
+
+def test_class_update_failing_the_check_is_re_solved_with_a_smaller_ridge_not_damped():
+    """fastntk.update.backoff: a class request whose automatic ridge fails the do-no-harm check is re-solved with λ/2
+    (warm start) until it passes: the class is forgotten, the update returned at full size, every try recorded.  Damping
+    instead (ridge_backoff=0) keeps most of the class; a ridge the caller gave is damped, not changed."""
+    m, peft, X, y, r, f, w0 = _sharp_class_request()
+    w_t = peft.vector().clone()
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", w0=w0)
+    bo, chk = res.info["ridge_backoff"], res.info["harm_check"]
+    assert res.info["anchor"] == "retain" and bo["used"] and len(bo["tries"]) >= 2
+    assert not bo["tries"][0]["passed"] and bo["tries"][-1]["passed"] and "passes" in bo["why"]
+    lam0 = bo["tries"][0]["ridge"]
+    assert lam0 == pytest.approx(0.015 * r.numel())  # the per-sample rule chose it
+    assert [t["ridge"] for t in bo["tries"]] == pytest.approx([lam0 * 0.5 ** k for k in range(len(bo["tries"]))])
+    assert res.info["ridge"] == bo["tries"][-1]["ridge"] and res.plan["ridge_backoff"]["value"] == len(bo["tries"]) - 1
+    assert "re-solved" in res.reasons["ridge"] and res.info["steps"] == sum(t["steps"] for t in bo["tries"])
+    assert chk["scale"] == 1.0 and chk["forget"]["acc_after"] == 0.0  # full size, the class forgotten
+    obj = NetworkObjective(peft, X[r], y[r], loss="ce")  # the recorded figures are the returned weights' own
+    assert bo["tries"][-1]["loss"] == pytest.approx(obj.data_loss(res.w_new)[0] / r.numel(), rel=1e-12)
+    assert torch.equal(peft.vector(), w_t) and torch.equal(res.w_old, w_t)  # not inplace: the model is unchanged
+
+    damped = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", w0=w0, harm=HarmTolerance(ridge_backoff=0))
+    assert not damped.info["ridge_backoff"]["used"] and "ridge_backoff = 0" in damped.info["ridge_backoff"]["why"]
+    assert damped.info["harm_check"]["scale"] < 1.0 and damped.info["harm_check"]["forget"]["acc_after"] > 0.5
+    given = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", w0=w0, ridge=lam0)
+    assert not given.info["ridge_backoff"]["used"] and "given" in given.info["ridge_backoff"]["why"]
+    assert given.info["ridge"] == lam0 and given.info["harm_check"]["scale"] < 1.0
+
+
+def test_prepared_ce_unlearner_re_solves_with_a_smaller_ridge_too():
+    from fastntk.unlearn import Unlearner
+
+    m, peft, X, y, r, f, w0 = _sharp_class_request()
+    req = Unlearner(m, peft, (X, y), trained_with="ce", w0=w0).forget(f.numpy())
+    bo = req.info["ridge_backoff"]
+    assert req.info["anchor"] == "retain" and bo["used"] and bo["tries"][-1]["passed"]
+    assert req.info["harm_check"]["scale"] == 1.0 and req.info["harm_check"]["forget"]["acc_after"] == 0.0
+    assert req.info["ridge"] == bo["tries"][-1]["ridge"] < bo["tries"][0]["ridge"] and "re-solved" in req.reasons["ridge"]
+
+
+def test_warm_start_lands_on_the_minimizer_of_the_new_ridge():
+    """tilted_newton(start=Δ): the steps from w_t + Δ reach the plain objective's minimizer (scipy) for the ridge given;
+    start= is refused for the tilted objective and for a ridge rule."""
+    from fastntk.update.solve import SolveContext
+    from fastntk.update.tilted import JacobianOptions, tilted_newton
+
+    m, peft, X, y, r, f, w0, lam, ref = _linear_ce_problem(1, 3, lam=0.3)
+    w_t = peft.vector().clone()
+    newton = NewtonOptions(max_steps=30, rel_decrement=1e-16, stop_on_growth=False)
+    from fastntk.update.options import SolverOptions
+
+    ctx = SolveContext.from_options(SolverOptions(), rtol=1e-12)
+    start = torch.as_tensor(ref.x) - w_t + 0.3 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    kw = dict(w_trained=w_t, w0=w0, loss="ce", newton=newton, jac=JacobianOptions(curvature_source="exact"), ctx=ctx)
+    res = tilted_newton(peft, (X[r], y[r]), (X[f], y[f]), ridge=lam, tilt=False, start=start, **kw)
+    np.testing.assert_allclose(res.w.numpy(), ref.x, atol=1e-6)
+    assert torch.equal(res.w, w_t + res.delta) and res.newton.history[0]["objective_before"] < float("inf")
+    for bad in (dict(ridge=lam, tilt=True), dict(ridge="auto", tilt=False)):
+        with pytest.raises(InvalidInputError, match="start="):
+            tilted_newton(peft, (X[r], y[r]), (X[f], y[f]), start=start, **bad, **kw)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_ridge_backoff_is_validated(bad):
+    with pytest.raises(InvalidInputError, match="ridge_backoff"):
+        HarmTolerance(ridge_backoff=bad)

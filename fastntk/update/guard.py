@@ -20,7 +20,10 @@ benchmarks/trace_ce_ridge.py: mean retain CE 0.147, retraining's 0.173; an updat
 trace_ce_ridge_r10_guard2x) — to rise half way to chance.
 An update that destroys the model (retain accuracy near 0, a retain loss many times larger, or near chance) fails by
 orders of magnitude.  A failing
-update is damped (``w_old + sΔ`` with ``s = ½, ¼, …``, ``max_halvings`` tries); if no damped update passes,
+update of a class request (the plain retain objective) whose ridge was chosen automatically is first re-solved with the
+ridge halved, up to ``ridge_backoff`` times (:mod:`fastntk.update.backoff`: damping would move back towards the trained
+weights and re-learn the forgotten class).  A failing
+update is then damped (``w_old + sΔ`` with ``s = ½, ¼, …``, ``max_halvings`` tries); if no damped update passes,
 :class:`~fastntk.errors.HarmfulUpdateError` is raised and the model is left unchanged.  Every figure is
 recorded in :class:`HarmCheck`.
 """
@@ -37,7 +40,8 @@ from .objective import NetworkObjective
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["HarmTolerance", "HarmCheck", "check_no_harm", "check_update", "retain_sample", "loss_bound", "forget_figures"]
+__all__ = ["HarmTolerance", "HarmCheck", "check_no_harm", "check_update", "passes_undamped", "retain_sample", "loss_bound",
+           "forget_figures"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class HarmTolerance:
     max_halvings: int = 4
     on_harm: str = "damp"  # "damp" (then raise) | "raise"
     enabled: bool = True
+    # the plain retain objective (class requests) with an automatic ridge: before damping, re-solve with the ridge
+    # halved up to this many times (fastntk.update.backoff); 0: damp at once
+    ridge_backoff: int = 3
 
     def __post_init__(self):
         if isinstance(self.loss_chance, bool) or not (isinstance(self.loss_chance, (int, float)) and 0 <= self.loss_chance <= 1):
@@ -62,6 +69,9 @@ class HarmTolerance:
                 raise InvalidInputError(f"HarmTolerance.{k} must be a finite number >= 0, got {v!r}")
         if int(self.samples) < 1 or int(self.max_halvings) < 0:
             raise InvalidInputError("HarmTolerance.samples must be >= 1 and max_halvings >= 0")
+        rb = self.ridge_backoff
+        if isinstance(rb, bool) or not isinstance(rb, int) or rb < 0:
+            raise InvalidInputError(f"HarmTolerance.ridge_backoff must be an integer >= 0, got {rb!r}")
         if self.on_harm not in ("damp", "raise"):
             raise InvalidInputError(f"HarmTolerance.on_harm must be 'damp' or 'raise', got {self.on_harm!r}")
 
@@ -155,6 +165,21 @@ def check_update(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.
     w_new = w_old + delta
     d, chk = check_no_harm(objective, w_old, delta, tol, w_new=w_new, chance_loss=chance_loss)
     return d, (w_new if chk.scale == 1.0 else w_old + d), chk
+
+
+def passes_undamped(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.Tensor, tol: HarmTolerance, *,
+                    w_new: torch.Tensor | None = None, chance_loss: float | None = None) -> tuple[bool, dict]:
+    """Whether the full-size update passes the check (no damping tried): ``(passed, {"loss", "acc", "loss_bound",
+    "acc_before", "loss_before"})`` — the test the ridge back-off (:mod:`fastntk.update.backoff`) applies to each re-solve."""
+    import dataclasses
+
+    try:
+        _, chk = check_no_harm(objective, w_old, delta, dataclasses.replace(tol, max_halvings=0, on_harm="raise"),
+                               w_new=w_new, chance_loss=chance_loss)
+    except HarmfulUpdateError as e:
+        chk = e.check
+    return bool(chk.passed), {"loss": chk.loss_after, "acc": chk.acc_after, "loss_bound": chk.loss_bound,
+                              "loss_before": chk.loss_before, "acc_before": chk.acc_before}
 
 
 def forget_figures(objective: NetworkObjective, w_old: torch.Tensor, w_new: torch.Tensor, chk: HarmCheck) -> dict:

@@ -21,7 +21,8 @@ from ..errors import InvalidInputError, NumericalError
 from ..operators import make_jacobian
 from ..precision import with_strict_precision
 from .forms import form_delta, ridge_fit, trapezium_scale
-from .guard import check_update, forget_figures, retain_sample
+from .backoff import backoff_applies, ridge_backoff
+from .guard import check_update, forget_figures, passes_undamped, retain_sample
 from .inputs import check_labels, check_model, check_overlap, check_scalar, linearization_point, num_outputs, targets, xy
 from .newton import NewtonOptions
 from .objective import NetworkObjective, loss_of
@@ -82,16 +83,23 @@ def _check_ridge(ridge, route: str):
     return check_scalar("ridge", ridge, positive=route == "ce", nonneg=True)
 
 
-def _harm_check(peft, inp: Inputs, trained_with, delta, w0, harm, target_scale, memo=None):
-    """The do-no-harm check (:mod:`fastntk.update.guard`) on a fixed retain sample with the training loss:
-    ``(sΔ, w_trained + sΔ, check)``.  ``memo``: the CE iteration's evaluations on all of ``D_r`` (used when the sample is
-    all of it; the iteration's last weights are ``w_trained + Δ`` bit for bit)."""
+def _check_objective(peft, inp: Inputs, trained_with, w0, harm, target_scale, memo=None, check_memo=None) -> NetworkObjective:
+    """The do-no-harm check's objective: a fixed retain sample with the training loss; ``memo``: the CE iteration's
+    evaluations on all of ``D_r`` (used when the sample is all of it), ``check_memo``: evaluations on the sample (else)."""
     if trained_with == "linearized-mse" and w0 is None:
         raise InvalidInputError("trained_with='linearized-mse' needs w0 (the linearization point) for the do-no-harm check")
     idx = torch.as_tensor(retain_sample(inp.n_r, harm.samples))
-    loss, lin = loss_of(trained_with), (w0 if trained_with == "linearized-mse" else None)
-    obj = NetworkObjective(peft, inp.X_r[idx], inp.y_r[idx], loss=loss, target_scale=target_scale, linearized_at=lin,
-                           memo=memo if idx.numel() == inp.n_r else None)
+    return NetworkObjective(peft, inp.X_r[idx], inp.y_r[idx], loss=loss_of(trained_with), target_scale=target_scale,
+                            linearized_at=w0 if trained_with == "linearized-mse" else None,
+                            memo=memo if idx.numel() == inp.n_r else check_memo)
+
+
+def _harm_check(peft, inp: Inputs, trained_with, delta, w0, harm, target_scale, memo=None, check_memo=None):
+    """The do-no-harm check (:mod:`fastntk.update.guard`) on a fixed retain sample with the training loss:
+    ``(sΔ, w_trained + sΔ, check)``.  ``memo``: the CE iteration's evaluations on all of ``D_r`` (used when the sample is
+    all of it; the iteration's last weights are ``w_trained + Δ`` bit for bit)."""
+    obj = _check_objective(peft, inp, trained_with, w0, harm, target_scale, memo, check_memo)
+    loss, lin = obj.loss, (w0 if trained_with == "linearized-mse" else None)
     d, w_new, chk = check_update(obj, inp.w_trained, delta, harm, chance_loss=math.log(inp.C) if loss == "ce" else None)
     if not chk.skipped:
         fidx = torch.as_tensor(retain_sample(inp.n_f, harm.samples))
@@ -204,21 +212,53 @@ def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.T
     newton = _newton_options(plan, opts)
     ctx = SolveContext.from_options(opts.solve, rtol=plan.rtol, progress=progress)
     log.info("fastntk: unlearn (CE) n_r=%d n_f=%d C=%d p=%d anchor=%s", inp.n_r, inp.n_f, inp.C, peft.p, plan.anchor)
-    r = tilted_newton(peft, (inp.X_r, inp.y_r), (inp.X_f, inp.y_f), w_trained=inp.w_trained, w0=w0, loss="ce", ridge=ridge,
-                      newton=newton, jac=dataclasses.replace(opts.jacobian, progress=progress), ctx=ctx,
-                      tilt=plan.anchor == "trained")
-    plan.choose("ridge", r.ridge, r.ridge_info["rule"] + f": λ = {r.ridge:.4g}")
+    jac = dataclasses.replace(opts.jacobian, progress=progress)
+
+    def run(lam, start=None):
+        return tilted_newton(peft, (inp.X_r, inp.y_r), (inp.X_f, inp.y_f), w_trained=inp.w_trained, w0=w0, loss="ce",
+                             ridge=lam, newton=newton, jac=jac, ctx=ctx, tilt=plan.anchor == "trained", start=start)
+
+    r0 = run(ridge)
+    r, backoff, check_memo, t_back = _backoff(plan, opts, peft, inp, w0, ridge, r0, run)
+    plan.choose("ridge", r.ridge, r0.ridge_info["rule"] + f": λ = {r0.ridge:.4g}" +
+                (f"; {backoff['why']}" if backoff is not None and backoff["used"] else ""))
     plan.choose("strategy", r.strategy.split(" ")[0], r.strategy)
     plan.choose("solver", "direct" if r.solver.startswith("direct") else "cg", r.solver)
     plan.choose("stop", r.newton.steps, f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}")
     if not torch.isfinite(r.delta).all():
         raise NumericalError("the update Δ has NaN/Inf entries; the model was not changed. Increase the ridge")
     plan.choose("curvature_source", "sketch" if r.sketch is not None else "exact", r.curvature)
-    info = {"ridge": r.ridge, "ridge_effective": r.ridge, "steps": r.newton.steps, "newton": r.newton.summary(),
-            "ridge_selection": r.ridge_info, "grad_forget_norm": r.grad_forget_norm, "sketch": r.sketch}
-    out = dict(form="primal", strategy=r.strategy.split(" ")[0], space="primal", loss="ce", timings=dict(r.timings),
-               solves=ctx.solves, info=info, memo=r.memo)
+    info = {"ridge": r.ridge, "ridge_effective": r.ridge, "steps": r.newton.steps if r is r0 else backoff["steps"],
+            "newton": r.newton.summary(), "ridge_selection": r0.ridge_info, "grad_forget_norm": r0.grad_forget_norm,
+            "sketch": r0.sketch, "ridge_backoff": backoff}
+    timings = dict(r0.timings, **({"ridge backoff": t_back} if t_back else {}))
+    out = dict(form="primal", strategy=r.strategy.split(" ")[0], space="primal", loss="ce", timings=timings,
+               solves=ctx.solves, info=info, memo=r.memo, check_memo=check_memo)
     return r.delta, 1.0, out
+
+
+def _backoff(plan, opts, peft, inp: Inputs, w0, ridge, r, run):
+    """The ridge back-off (:mod:`fastntk.update.backoff`) of a class request whose ridge was the library's choice:
+    ``(result, record or None, the check objective's memo, seconds of the re-solves and their checks)``."""
+    harm = opts.harm
+    check_memo = {}  # the check's evaluations on its retain sample (when it is not all of D_r), reused by _harm_check
+    applies, why = backoff_applies(plan.anchor, ridge, harm)
+    if not applies:
+        return r, {"used": False, "why": why}, check_memo, 0.0
+    t = time.perf_counter()
+
+    def passes(res):
+        obj = _check_objective(peft, inp, "ce", w0, harm, 1.0, res.memo, check_memo)
+        return passes_undamped(obj, inp.w_trained, res.delta, harm, w_new=res.w, chance_loss=math.log(inp.C))
+
+    def resolve(lam, prev, k):
+        return run(lam, start=prev.delta)
+
+    res, rec = ridge_backoff(r, resolve, passes, tries=harm.ridge_backoff)
+    rec["steps"] = sum(tr["steps"] for tr in rec["tries"])
+    if rec["used"]:
+        plan.choose("ridge_backoff", len(rec["tries"]) - 1, rec["why"])
+    return res, rec, check_memo, (time.perf_counter() - t) if rec["used"] else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ the entry point
@@ -262,7 +302,8 @@ def unlearn(model: torch.nn.Module, peft, retain, forget, *, trained_with: str, 
     delta, s, out = (_run_ce if plan.route == "ce" else _run_mse)(plan, opts, peft, inp, ridge, w0, progress)
     t = time.perf_counter()
     delta, w_new, chk = _harm_check(peft, inp, trained_with, delta, w0, opts.harm,
-                                    opts.target_scale if plan.route == "mse" else 1.0, out.pop("memo", None))
+                                    opts.target_scale if plan.route == "mse" else 1.0, out.pop("memo", None),
+                                    out.pop("check_memo", None))
     timings = dict(out.pop("timings"), **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t_all})
     info = {"n_retain": inp.n_r, "n_forget": inp.n_f, "C": inp.C, "p": peft.p, "linearize_at": plan.linearize_at,
             "anchor": plan.anchor, "trained_with": trained_with, "harm_check": chk.summary(), **out.pop("info")}

@@ -22,7 +22,8 @@ from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .options import DEFAULT_RTOL
-from .guard import HarmTolerance, check_update, forget_figures, retain_sample
+from .backoff import backoff_applies, ridge_backoff
+from .guard import HarmTolerance, check_update, forget_figures, passes_undamped, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
 from .policy import ce_anchor
@@ -90,23 +91,44 @@ class CEUnlearner(RequestStream):
         ctx = SolveContext(rtol=self.rtol, maxiter=None, preconditioner="none", precond_rank=0, backend="auto", callback=None,
                            on_fail="raise", progress=False)
         curv = FrozenCurvature(self.G_D, self.trace_D, self._rows(all_f))
-        r = tilted_newton(self.peft, (X_r, y_r), (X_f, y_f), w_trained=self.w, w0=self.w0, loss="ce", ridge=self.ridge,
-                          newton=newton, jac=JacobianOptions(), ctx=ctx, tilt=anchor == "trained", curvature=curv)
-        t = time.perf_counter()
+        def run(lam, start=None):
+            return tilted_newton(self.peft, (X_r, y_r), (X_f, y_f), w_trained=self.w, w0=self.w0, loss="ce", ridge=lam,
+                                 newton=newton, jac=JacobianOptions(), ctx=ctx, tilt=anchor == "trained", curvature=curv,
+                                 start=start)
+
+        r0 = r = run(self.ridge)
         s = torch.as_tensor(retain_sample(X_r.shape[0], self.harm.samples))
-        memo = r.memo if s.numel() == X_r.shape[0] else None  # the whole retain set: the iteration's evaluations serve
-        delta, w_new, chk = check_update(NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce", memo=memo), self.w,
-                                         r.delta, self.harm, chance_loss=math.log(self.C))
+        check_memo = {}  # the check's evaluations on its sample (when it is not all of D_r)
+
+        def check_objective(res):  # the whole retain set: the iteration's evaluations serve
+            return NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce",
+                                    memo=res.memo if s.numel() == X_r.shape[0] else check_memo)
+
+        applies, why_not = backoff_applies(anchor, self.ridge, self.harm)
+        backoff = {"used": False, "why": why_not}
+        t = time.perf_counter()
+        if applies:  # fastntk.update.backoff
+            r, backoff = ridge_backoff(
+                r0, lambda lam, prev, k: run(lam, start=prev.delta),
+                lambda res: passes_undamped(check_objective(res), self.w, res.delta, self.harm, w_new=res.w,
+                                            chance_loss=math.log(self.C)), tries=self.harm.ridge_backoff)
+        t_back = time.perf_counter() - t if backoff["used"] else 0.0
+        t = time.perf_counter()
+        delta, w_new, chk = check_update(check_objective(r), self.w, r.delta, self.harm, chance_loss=math.log(self.C))
         if not chk.skipped:
             fs = torch.as_tensor(retain_sample(X_f.shape[0], self.harm.samples))
             forget_figures(NetworkObjective(self.peft, X_f[fs], y_f[fs], loss="ce"), self.w, w_new, chk)
-        timings = dict(r.timings, **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
-        reasons = {"anchor": why, "ridge": r.ridge_info["rule"] + f": λ = {r.ridge:.4g}", "solver": r.solver,
+        timings = dict(r0.timings, **({"ridge backoff": t_back} if t_back else {}),
+                       **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
+        steps = sum(tr["steps"] for tr in backoff["tries"]) if backoff["used"] else r.newton.steps
+        reasons = {"anchor": why, "ridge": r0.ridge_info["rule"] + f": λ = {r0.ridge:.4g}" +
+                   (f"; {backoff['why']}" if backoff["used"] else ""), "solver": r.solver,
                    "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",
                    "form": "prepared CE Unlearner: Newton iteration with the curvature frozen at the prepared weights"}
         res = UnlearnResult(delta=delta, w_new=w_new, w_old=self.w.clone(), form="primal", strategy="cached",
                             space="primal", loss="ce", scale=chk.scale, reasons=reasons, solves=ctx.solves, timings=timings,
                             info={"n_forget_request": int(idx.size), "n_forgotten_total": int(all_f.size), "n": self.n,
-                                  "p": self.peft.p, "ridge": r.ridge, "anchor": anchor, "steps": r.newton.steps,
-                                  "newton": r.newton.summary(), "harm_check": chk.summary(), "trained_with": "ce"})
+                                  "p": self.peft.p, "ridge": r.ridge, "anchor": anchor, "steps": steps,
+                                  "newton": r.newton.summary(), "harm_check": chk.summary(), "trained_with": "ce",
+                                  "ridge_backoff": backoff})
         return self._commit(all_f, res, apply)  # the state changes only now

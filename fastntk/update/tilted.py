@@ -241,7 +241,7 @@ class TiltedResult:
 def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
                   ridge: float | str, newton: NewtonOptions, jac: JacobianOptions, ctx: SolveContext,
                   target_scale: float = 1.0, batch_size: int = 256, on_step=None, tilt: bool = True,
-                  center: str = "w0", curvature=None) -> TiltedResult:
+                  center: str = "w0", curvature=None, start: torch.Tensor | None = None) -> TiltedResult:
     """Unlearn ``forget`` from ``w_trained`` by tilted Gauss-Newton steps (module docstring).
 
     ``curvature``: a frozen curvature (e.g. :class:`FrozenCurvature` of the prepared CE ``Unlearner``) used for every
@@ -249,6 +249,9 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     relative ridge) and ``curvature.solve(g, lam, ctx, name)`` solves ``(G_r + λI) s = g``.
     ``tilt=False``: the plain retain objective ``Σ_{D_r} ℓ_i + ½λ‖w − c‖²`` (no tilt; converges to its minimizer,
     which early-stopped retraining does not reach: kept as a variant).
+    ``start``: (plain objective, a given ridge) start the steps from ``w_trained + start`` instead of ``w_trained`` —
+    the warm start of a re-solve with another ridge (:mod:`fastntk.update.backoff`); no gradient pass at ``w_trained``
+    (``grad_forget_norm`` is NaN), the stopping rule measured from the first step taken there.
     """
     t0 = time.perf_counter()
     (X_r, y_r), (X_f, y_f) = retain, forget
@@ -261,13 +264,20 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     if newton.stop_on_growth is None:
         newton = dataclasses.replace(newton, stop_on_growth=tilt)
     fixed_point_exact = not tilt and newton.curvature == "relinearize" and curvature is None
+    if start is not None:
+        if tilt or isinstance(ridge, str):
+            raise InvalidInputError("start= (a warm start) serves the plain retain objective (tilt=False) with a given ridge")
+        newton = dataclasses.replace(newton, warmup=None)
     n_warm, warm_why = warmup_size(newton, jac, int(X_r.shape[0]), fixed_point_exact)
     obj_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size, memo=memo)
-    if n_warm and ridge != "stationarity":  # the warm-up starts on its subsample: ∇L_r(w_t) is not needed, only L_r(w_t)
+    if start is not None:  # the steps start at w_trained + start: nothing is needed at w_trained
+        L_r = g_r = g_f = None
+    elif n_warm and ridge != "stationarity":  # the warm-up starts on its subsample: ∇L_r(w_t) is not needed, only L_r(w_t)
         L_r, g_r = obj_r.data_loss(w_trained)[0], None
     else:
         L_r, g_r = obj_r.value_and_grad(w_trained)
-    g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
+    if start is None:
+        g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
     t_grad = time.perf_counter() - t0
     steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f),
                         fixed_point_exact=fixed_point_exact)
@@ -278,7 +288,7 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     if n_warm:
         w, delta, rep, winfo = _warm_then_full(F_r, first, steps, newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
     else:
-        w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step)
+        w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step, d_start=start)
         winfo = None
         rep.warmup = {"used": False, "why": warm_why}
     info = steps.info
@@ -288,7 +298,8 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     est = info.get("error estimate", 0.0)  # the half-sketch error estimate (sketched curvature only)
     timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"], "error estimate": est,
                "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"] - est}
-    return TiltedResult(w=w, delta=delta, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float(g_f.norm()), timings=timings,
+    return TiltedResult(w=w, delta=delta, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float("nan") if g_f is None else float(g_f.norm()),
+                        timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
                         sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
                         curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo)
@@ -377,10 +388,10 @@ def _select_ridge(ridge, g_D: torch.Tensor, w_trained: torch.Tensor, center: tor
 def _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt, memo=None):
     """``(F_r, (F_r(w_t), ∇F_r(w_t)))``: the tilted (``b = g_D + λ(w_t − c)``, ``∇F_r(w_t) = −g_f``) or plain objective."""
     d = w_trained - center
-    F0 = L_r + 0.5 * lam * float(d @ d)  # the tilt term is 0 at its reference w_t
-    if g_r is None:  # the warm-up computes its own first gradient
+    if g_r is None:  # the warm-up (or a warm start) computes its own first gradient
         return NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
                                 batch_size=batch_size, memo=memo), None
+    F0 = L_r + 0.5 * lam * float(d @ d)  # the tilt term is 0 at its reference w_t
     if tilt:
         F_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, ridge=lam, center=center,
                                tilt=g_r + g_f + lam * d, tilt_ref=w_trained.detach().clone(), batch_size=batch_size, memo=memo)
