@@ -67,6 +67,11 @@ VARIANTS: dict[str, dict] = {
     "ridge ×0.5": dict(ridge_mult=0.5),
     "ridge ×2": dict(ridge_mult=2.0),
     "ridge ×4": dict(ridge_mult=4.0),
+    # the do-no-harm ridge back-off (fastntk.update.backoff): the default without it (a failing class update is damped),
+    # and the automatic ridge scaled (ρ·m, still ridge="auto", so a failing update is re-solved with λ/2) with and without
+    "no ridge back-off": dict(ridge_backoff=0),
+    "auto ridge ×4": dict(rho_mult=4.0),
+    "auto ridge ×4, no back-off": dict(rho_mult=4.0, ridge_backoff=0),
 }
 BASELINES = ("FT", "GA", "NegGrad+")
 
@@ -202,10 +207,15 @@ def run_one(args, model, scen, seed, cls) -> dict:
         kw = dict(VARIANTS[name])
         import fastntk.update.tilted as _tilted
 
-        kappa0 = _tilted.RELATIVE_RIDGE
+        kappa0, rho0 = _tilted.RELATIVE_RIDGE, _tilted.PER_SAMPLE_RIDGE
         if "ridge_mult" in kw:
             kw["ridge"] = kw.pop("ridge_mult") * _tilted.PER_SAMPLE_RIDGE * len(e.retain)
+        if "ridge_backoff" in kw:
+            from fastntk.update.guard import HarmTolerance
+
+            kw["harm"] = HarmTolerance(ridge_backoff=kw.pop("ridge_backoff"))
         _tilted.RELATIVE_RIDGE = kw.pop("kappa", kappa0)
+        _tilted.PER_SAMPLE_RIDGE = rho0 * kw.pop("rho_mult", 1.0)
         try:
             if kw.pop("prepared", False):
                 u = Unlearner(e.model, e.peft, (e.train.X, e.train.y), trained_with="ce", w0=e.w0, memory_budget=cfg.memory_budget)
@@ -227,12 +237,13 @@ def run_one(args, model, scen, seed, cls) -> dict:
             print(f"  {model} {scen} seed {seed}: {name}: {rows[name]['error'][:160]}", flush=True)
             continue
         finally:
-            _tilted.RELATIVE_RIDGE = kappa0
+            _tilted.RELATIVE_RIDGE, _tilted.PER_SAMPLE_RIDGE = kappa0, rho0
         sec = time.perf_counter() - t
         m = e.evaluate(res.w_new)
         m.update(seconds=sec, ridge=res.info["ridge"], steps=res.info.get("steps"), anchor=res.info.get("anchor"),
                  stop=res.reasons.get("stop", ""), timings=dict(res.timings), harm_scale=res.info["harm_check"]["scale"],
-                 reasons={k: str(v) for k, v in res.reasons.items()},
+                 reasons={k: str(v) for k, v in res.reasons.items()}, ridge_backoff=res.info.get("ridge_backoff"),
+                 forget_check=res.info["harm_check"].get("forget"),
                  newton_history=[{k: h.get(k) for k in ("t", "decrement", "backtracks")} for h in res.info.get("newton", {}).get("history", [])])
         rows[name] = m
         print(f"  {model} {scen} seed {seed}: {name}: UA {m['UA']:.3f} RA {m['RA']:.3f} TA {m['TA']:.3f} MIA {m['MIA']:.3f} "

@@ -41,7 +41,7 @@ from .objective import NetworkObjective
 log = logging.getLogger("fastntk")
 
 __all__ = ["HarmTolerance", "HarmCheck", "check_no_harm", "check_update", "passes_undamped", "retain_sample", "loss_bound",
-           "forget_figures"]
+           "forget_figures", "record_forget"]
 
 
 @dataclass(frozen=True)
@@ -195,3 +195,13 @@ def forget_figures(objective: NetworkObjective, w_old: torch.Tensor, w_new: torc
                     "%.3f -> %.3f, mean loss %.4g -> %.4g: their fit may be only partly undone (result.info['harm_check']"
                     "['forget'])", chk.scale, a0, a1, l0 / n, l1 / n)
     return chk.forget
+
+
+def record_forget(peft, X_f: torch.Tensor, y_f: torch.Tensor, tol: HarmTolerance, w_old: torch.Tensor, w_new: torch.Tensor,
+                  chk: HarmCheck, **objective_kw) -> dict | None:
+    """:func:`forget_figures` on a fixed sample of at most ``tol.samples`` forgotten samples (``objective_kw``: the
+    training loss and its options, as the retain check's objective); nothing when the check was skipped."""
+    if chk.skipped:
+        return None
+    idx = torch.as_tensor(retain_sample(int(X_f.shape[0]), tol.samples))
+    return forget_figures(NetworkObjective(peft, X_f[idx], y_f[idx], **objective_kw), w_old, w_new, chk)

@@ -22,7 +22,7 @@ from ..operators import make_jacobian
 from ..precision import with_strict_precision
 from .forms import form_delta, ridge_fit, trapezium_scale
 from .backoff import backoff_applies, ridge_backoff
-from .guard import check_update, forget_figures, passes_undamped, retain_sample
+from .guard import check_update, passes_undamped, record_forget, retain_sample
 from .inputs import check_labels, check_model, check_overlap, check_scalar, linearization_point, num_outputs, targets, xy
 from .newton import NewtonOptions
 from .objective import NetworkObjective, loss_of
@@ -101,10 +101,8 @@ def _harm_check(peft, inp: Inputs, trained_with, delta, w0, harm, target_scale, 
     obj = _check_objective(peft, inp, trained_with, w0, harm, target_scale, memo, check_memo)
     loss, lin = obj.loss, (w0 if trained_with == "linearized-mse" else None)
     d, w_new, chk = check_update(obj, inp.w_trained, delta, harm, chance_loss=math.log(inp.C) if loss == "ce" else None)
-    if not chk.skipped:
-        fidx = torch.as_tensor(retain_sample(inp.n_f, harm.samples))
-        forget_figures(NetworkObjective(peft, inp.X_f[fidx], inp.y_f[fidx], loss=loss, target_scale=target_scale,
-                                        linearized_at=lin), inp.w_trained, w_new, chk)
+    record_forget(peft, inp.X_f, inp.y_f, harm, inp.w_trained, w_new, chk, loss=loss, target_scale=target_scale,
+                  linearized_at=lin)
     return d, w_new, chk
 
 

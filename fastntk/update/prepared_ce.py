@@ -23,7 +23,7 @@ from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .options import DEFAULT_RTOL
 from .backoff import backoff_applies, ridge_backoff
-from .guard import HarmTolerance, check_update, forget_figures, passes_undamped, retain_sample
+from .guard import HarmTolerance, check_update, passes_undamped, record_forget, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
 from .policy import ce_anchor
@@ -115,9 +115,7 @@ class CEUnlearner(RequestStream):
         t_back = time.perf_counter() - t if backoff["used"] else 0.0
         t = time.perf_counter()
         delta, w_new, chk = check_update(check_objective(r), self.w, r.delta, self.harm, chance_loss=math.log(self.C))
-        if not chk.skipped:
-            fs = torch.as_tensor(retain_sample(X_f.shape[0], self.harm.samples))
-            forget_figures(NetworkObjective(self.peft, X_f[fs], y_f[fs], loss="ce"), self.w, w_new, chk)
+        record_forget(self.peft, X_f, y_f, self.harm, self.w, w_new, chk, loss="ce")
         timings = dict(r0.timings, **({"ridge backoff": t_back} if t_back else {}),
                        **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
         steps = sum(tr["steps"] for tr in backoff["tries"]) if backoff["used"] else r.newton.steps
