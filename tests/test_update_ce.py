@@ -694,6 +694,11 @@ def test_class_update_failing_the_check_is_re_solved_with_a_smaller_ridge_not_da
     assert res.info["ridge"] == bo["tries"][-1]["ridge"] and res.plan["ridge_backoff"]["value"] == len(bo["tries"]) - 1
     assert "re-solved" in res.reasons["ridge"] and res.info["steps"] == sum(t["steps"] for t in bo["tries"])
     assert chk["scale"] == 1.0 and chk["forget"]["acc_after"] == 0.0  # full size, the class forgotten
+    # the back-off's test is stricter than the check's: a solve within 5 points of the original's retain accuracy (the
+    # check passes it) but more than 2 points down is re-solved (the original's retain accuracy is 1: no sampling slack)
+    assert all(t["acc_before"] == 1.0 and t["acc_floor"] == pytest.approx(0.98) for t in bo["tries"])
+    assert any(0.95 <= t["acc"] < 0.98 and not t["passed"] for t in bo["tries"][:-1])
+    assert bo["tries"][-1]["acc"] >= 0.98
     obj = NetworkObjective(peft, X[r], y[r], loss="ce")  # the recorded figures are the returned weights' own
     assert bo["tries"][-1]["loss"] == pytest.approx(obj.data_loss(res.w_new)[0] / r.numel(), rel=1e-12)
     assert torch.equal(peft.vector(), w_t) and torch.equal(res.w_old, w_t)  # not inplace: the model is unchanged
@@ -743,3 +748,6 @@ def test_warm_start_lands_on_the_minimizer_of_the_new_ridge():
 def test_ridge_backoff_is_validated(bad):
     with pytest.raises(InvalidInputError, match="ridge_backoff"):
         HarmTolerance(ridge_backoff=bad)
+    if not isinstance(bad, (bool, str)) and bad < 0:
+        with pytest.raises(InvalidInputError, match="backoff_acc_drop"):
+            HarmTolerance(backoff_acc_drop=bad)

@@ -22,7 +22,8 @@ An update that destroys the model (retain accuracy near 0, a retain loss many ti
 orders of magnitude.  A failing
 update of a class request (the plain retain objective) whose ridge was chosen automatically is first re-solved with the
 ridge halved, up to ``ridge_backoff`` times (:mod:`fastntk.update.backoff`: damping would move back towards the trained
-weights and re-learn the forgotten class).  A failing
+weights and re-learn the forgotten class); the re-solve is also asked for where the retain accuracy fell more than
+``backoff_acc_drop`` (+ 3σ) below the original's.  A failing
 update is then damped (``w_old + sΔ`` with ``s = ½, ¼, …``, ``max_halvings`` tries); if no damped update passes,
 :class:`~fastntk.errors.HarmfulUpdateError` is raised and the model is left unchanged.  Every figure is
 recorded in :class:`HarmCheck`.
@@ -59,11 +60,14 @@ class HarmTolerance:
     # the plain retain objective (class requests) with an automatic ridge: before damping, re-solve with the ridge
     # halved up to this many times (fastntk.update.backoff); 0: damp at once
     ridge_backoff: int = 3
+    # the re-solve is also asked for where the retain accuracy fell more than this (+ 3σ) below the original's (a stricter
+    # test than acc_drop, which damps: a smaller ridge costs the class nothing)
+    backoff_acc_drop: float = 0.02
 
     def __post_init__(self):
         if isinstance(self.loss_chance, bool) or not (isinstance(self.loss_chance, (int, float)) and 0 <= self.loss_chance <= 1):
             raise InvalidInputError(f"HarmTolerance.loss_chance must lie in [0, 1], got {self.loss_chance!r}")
-        for k in ("loss_rel", "loss_abs", "acc_drop"):
+        for k in ("loss_rel", "loss_abs", "acc_drop", "backoff_acc_drop"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
                 raise InvalidInputError(f"HarmTolerance.{k} must be a finite number >= 0, got {v!r}")
@@ -178,8 +182,10 @@ def passes_undamped(objective: NetworkObjective, w_old: torch.Tensor, delta: tor
                                w_new=w_new, chance_loss=chance_loss)
     except HarmfulUpdateError as e:
         chk = e.check
+    a0, n = chk.acc_before, max(objective.n, 1)
     return bool(chk.passed), {"loss": chk.loss_after, "acc": chk.acc_after, "loss_bound": chk.loss_bound,
-                              "loss_before": chk.loss_before, "acc_before": chk.acc_before}
+                              "loss_before": chk.loss_before, "acc_before": a0,
+                              "acc_floor": a0 - tol.acc_drop - 3.0 * float(np.sqrt(a0 * (1.0 - a0) / n))}
 
 
 def forget_figures(objective: NetworkObjective, w_old: torch.Tensor, w_new: torch.Tensor, chk: HarmCheck) -> dict:

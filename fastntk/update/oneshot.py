@@ -21,7 +21,7 @@ from ..errors import InvalidInputError, NumericalError
 from ..operators import make_jacobian
 from ..precision import with_strict_precision
 from .forms import form_delta, ridge_fit, trapezium_scale
-from .backoff import backoff_applies, ridge_backoff
+from .backoff import backoff_applies, backoff_tolerance, ridge_backoff
 from .guard import check_update, passes_undamped, record_forget, retain_sample
 from .inputs import check_labels, check_model, check_overlap, check_scalar, linearization_point, num_outputs, targets, xy
 from .newton import NewtonOptions
@@ -247,7 +247,8 @@ def _backoff(plan, opts, peft, inp: Inputs, w0, ridge, r, run):
 
     def passes(res):
         obj = _check_objective(peft, inp, "ce", w0, harm, 1.0, res.memo, check_memo)
-        return passes_undamped(obj, inp.w_trained, res.delta, harm, w_new=res.w, chance_loss=math.log(inp.C))
+        return passes_undamped(obj, inp.w_trained, res.delta, backoff_tolerance(harm), w_new=res.w,
+                               chance_loss=math.log(inp.C))
 
     def resolve(lam, prev, k):
         return run(lam, start=prev.delta)

@@ -22,7 +22,7 @@ from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .options import DEFAULT_RTOL
-from .backoff import backoff_applies, ridge_backoff
+from .backoff import backoff_applies, backoff_tolerance, ridge_backoff
 from .guard import HarmTolerance, check_update, passes_undamped, record_forget, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
@@ -110,7 +110,7 @@ class CEUnlearner(RequestStream):
         if applies:  # fastntk.update.backoff
             r, backoff = ridge_backoff(
                 r0, lambda lam, prev, k: run(lam, start=prev.delta),
-                lambda res: passes_undamped(check_objective(res), self.w, res.delta, self.harm, w_new=res.w,
+                lambda res: passes_undamped(check_objective(res), self.w, res.delta, backoff_tolerance(self.harm), w_new=res.w,
                                             chance_loss=math.log(self.C)), tries=self.harm.ridge_backoff)
         t_back = time.perf_counter() - t if backoff["used"] else 0.0
         t = time.perf_counter()
