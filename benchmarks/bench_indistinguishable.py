@@ -223,9 +223,17 @@ def select_baseline_hps(sc: Scenario, w, w0, oracle_outputs: list, budget: int) 
 
 def score(unl: list, orc: list, labels: dict) -> dict:
     """KLoM per split and the challenge score of the unlearned outputs ``unl`` against the oracle outputs ``orc``."""
-    from fastntk.evaluation import challenge_score, klom, summarize
+    from fastntk.evaluation import challenge_score, klom, margins, summarize
 
     out = {"n_unlearned": len(unl), "n_oracle": len(orc)}
+    # where the forget-set KLoM comes from: the level of the margins (their mean over models and points, against the
+    # oracles') and what is left once every unlearned margin is shifted by that mean offset
+    mu = margins(np.stack([u["forget"] for u in unl]), labels["forget"])
+    mo = margins(np.stack([o["forget"] for o in orc]), labels["forget"])
+    off = float(mu.mean() - mo.mean())
+    out["forget_margin"] = {"mean": float(mu.mean()), "oracle_mean": float(mo.mean()), "offset": off,
+                            "sd_over_models": float(mu.std(0).mean()), "oracle_sd_over_models": float(mo.std(0).mean()),
+                            "klom_shifted": summarize(klom(mu - off, mo))}
     for split in ("forget", "retain", "held-out"):
         vals = klom(np.stack([u[split] for u in unl]), np.stack([o[split] for o in orc]), labels[split])
         out["klom_" + split] = summarize(vals)
@@ -385,6 +393,15 @@ def report(results: list, args) -> str:
                    f"{res['half']}..{res['N'] - 1}; the floor: the oracles of seeds 0..{res['half'] - 1} vs the same):\n")
         out.append(markdown_table(["method"] + COLS, [_row(k, v) for k, v in res["rows"].items()]))
         out.append("\n" + _verdict(res) + "\n")
+        out.append("Forget-set margins (N/2 vs N/2): the mean margin over models and points against the oracles', its "
+                   "spread over models (mean per-point sd), and the forget-set KLoM once every unlearned margin is shifted by "
+                   "the mean offset (what is left when only the level is matched):\n")
+        fm = [[k, v["forget_margin"]["mean"], v["forget_margin"]["oracle_mean"], v["forget_margin"]["offset"],
+               v["forget_margin"]["sd_over_models"], v["forget_margin"]["oracle_sd_over_models"],
+               v["forget_margin"]["klom_shifted"]["median"], v["forget_margin"]["klom_shifted"]["p95"]]
+              for k, v in res["rows"].items() if "forget_margin" in v]
+        out.append(markdown_table(["method", "margin mean", "oracles'", "offset", "sd over models", "oracles' sd",
+                                   "KLoM f med, shifted", "KLoM f p95, shifted"], fm))
         out.append(f"N vs N ({res['N']} unlearned vs {res['N']} oracles; no floor at this N):\n")
         out.append(markdown_table(["method"] + COLS, [_row(k, v) for k, v in res["rows_full"].items()]))
         hp = "; ".join(f"{k} {v['hp']}" for k, v in res["hp_selection"].items())

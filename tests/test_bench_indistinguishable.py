@@ -48,6 +48,11 @@ def test_bench_indistinguishable_quick(tmp_path):
             for split in ("forget", "retain", "held-out"):
                 k = row[f"klom_{split}"]
                 assert 0 <= k["median"] <= k["p95"] <= kl_max * (1 + 1e-9), (name, split, k)
+            fm = row["forget_margin"]  # the level diagnostic: offset = the two means' difference; shifted KLoM is a KLoM
+            assert fm["offset"] == pytest.approx(fm["mean"] - fm["oracle_mean"]) and fm["sd_over_models"] >= 0
+            assert 0 <= fm["klom_shifted"]["median"] <= fm["klom_shifted"]["p95"] <= kl_max * (1 + 1e-9)
+        fl = rows["oracle vs oracle (floor)"]["forget_margin"]
+        assert fl["oracle_mean"] == rows["untouched"]["forget_margin"]["oracle_mean"]  # the same reference oracles
         for name in ("FT", "SCRUB", "SalUn", "l1-sparse"):
             assert res["hp_selection"][name]["hp"] and len(res["hp_selection"][name]["trials"]) <= d["args"]["hp_budget"]
             assert rows[name]["seconds"] > 0
@@ -55,7 +60,7 @@ def test_bench_indistinguishable_quick(tmp_path):
         for name, row in rows.items():  # a refused request is scored as the untouched model, and said so
             assert all(0 <= s < res["half"] for s in row.get("failed_seeds", [])), name
     md = (tmp_path / "indistinguishable_quick.md").read_text(encoding="utf-8")
-    assert "oracle vs oracle (floor)" in md and "Environment:" in md
+    assert "oracle vs oracle (floor)" in md and "Environment:" in md and "KLoM f med, shifted" in md
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="Fashion-MNIST IDX files not installed")
