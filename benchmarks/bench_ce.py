@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict] = {
     "CE plain retain Newton (anchor=retain)": dict(anchor="retain"),
     "MSE kernel at trained (previous default)": dict(loss="mse", linearize_at="trained", anchor="trained"),
     "Fast-NTK (prepared)": dict(prepared=True),
+    # exactly one Newton step (the tilted route's first step is the influence-function update; the default may take more)
+    "one Newton step": dict(steps=1),
     # the plain route's subsampled warm-up (NewtonOptions.warmup; off by default): on a quarter / an eighth of D_r
     "Fast-NTK warm-up 1/4": dict(warmup=0.25),
     "Fast-NTK warm-up 1/8": dict(warmup=0.125),
@@ -313,6 +315,46 @@ def per_run_table(rs, methods) -> str:
     return "\nPer run (avg gap in pp):\n\n" + "\n".join(out) + "\n"
 
 
+def targets_table(runs, method: str = "Fast-NTK (default)") -> str:
+    """Issue 12's targets per request for ``method``: avg gap ≤ floor + 1.5 pp (class) / + 0.5 pp (random), below every
+    baseline run, retain accuracy at most 2 points below the original's, time ≤ 1× retraining (timed in the same process),
+    and the ridge back-off where it ran; then the counts."""
+    rows, marks = [], {"class": [], "random": []}
+    for r in runs:
+        m = r["methods"]
+        x = m.get(method)
+        if not x or "error" in x:
+            continue
+        floor, gap = m["retrain (seed 2)"]["avg_gap"], x["avg_gap"]
+        base = {b: m[b]["avg_gap"] for b in BASELINES if b in m and "error" not in m[b]}
+        best = min(base, key=base.get) if base else None
+        tol = 1.5 if r["scenario"] == "class" else 0.5
+        ra_drop = 100 * (m["original"]["RA"] - x["RA"])
+        t_now = x.get("time_ratio_now", float("nan"))
+        bo = x.get("ridge_backoff") or {}
+        ok = (gap <= floor + tol, (gap < base[best]) if best else None, ra_drop <= 2.0, t_now <= 1.0 if math.isfinite(t_now) else None)
+        marks[r["scenario"]].append(ok)
+        yn = lambda v: "–" if v is None else ("yes" if v else "**no**")  # noqa: E731
+        who = f"class {r['forget_class']}" if r["forget_class"] is not None else f"seed {r['seed']}"
+        rows.append(f"| {r['model']} | {r['scenario']} | {who} | {floor:.2f} | {gap:.2f} | {m['original']['avg_gap']:.2f} | "
+                    + (f"{base[best]:.2f} ({best})" if best else "–") + f" | {yn(ok[0])} | {yn(ok[1])} | {ra_drop:+.1f} | "
+                    f"{yn(ok[2])} | {t_now:.2f} | {yn(ok[3])} | {len(bo.get('tries', [])) - 1 if bo.get('used') else 0} |")
+    if not rows:
+        return ""
+    head = ("| model | request | which | floor | gap | untouched | closest baseline | ≤ floor + 1.5 / + 0.5 | below every "
+            "baseline | original's RA − RA (pp) | RA within 2 pp | × retraining timed here | ≤ 1× | back-off halvings |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    counts = []
+    for scen, ms in marks.items():
+        if ms:
+            c = [sum(1 for o in ms if o[i]) for i in range(4)]
+            n_b = sum(1 for o in ms if o[1] is not None)
+            counts.append(f"{scen}: {len(ms)} requests — within floor + {1.5 if scen == 'class' else 0.5} pp on {c[0]}, "
+                          f"below every baseline on {c[1]} of {n_b}, RA within 2 pp on {c[2]}, ≤ 1× retraining on {c[3]}")
+    return (f"Issue 12's targets, {method}, per request:\n\n" + head + "\n" + "\n".join(rows) + "\n\n"
+            + "; ".join(counts) + ".\n")
+
+
 def summarize(runs, variants) -> tuple[dict, str]:
     from fastntk.metrics import MetricsTable
 
@@ -370,7 +412,7 @@ def summarize(runs, variants) -> tuple[dict, str]:
               " Relabelled runs: 'Fast-NTK (default)' is the relinearized curvature; the forced-anchor rows and the prepared "
               "Unlearner ran with the frozen one." if any("relabelled" in str(r.get("default_curvature", "")) for r in runs) else "")
           + " Each 'Fast-NTK' row ran with the library's defaults at the time it ran (the JSON keeps every reason).\n\n"
-          + "\n".join(lines))
+          + "\n".join(lines) + "\n" + targets_table(runs))
     return summary, md
 
 

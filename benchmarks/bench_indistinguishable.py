@@ -105,6 +105,8 @@ class Scenario:
         self.recipe = self.cfg.finetune_recipe()
         if args.patience:  # the practitioner's recipe: stop once the validation split stops improving (epochs = maximum)
             self.recipe.update(val=self.val, patience=args.patience)
+        if getattr(args, "optimizer", "adam") != "adam":  # the fine-tuning (and so the retraining) optimizer
+            self.recipe.update(optimizer=args.optimizer)
         self.linearized = finetune == "linearized"
         self.k = len(self.cfg.finetune_classes)
         self.torch = torch
@@ -388,7 +390,8 @@ def report(results: list, args) -> str:
             out.append(("Early stopping on the validation split (patience " + str(args.patience) + ", at most "
                         + str(args.epochs) + " epochs): " if args.patience else f"Fixed {args.epochs} epochs: ")
                        + f"fine-tuning ran {rng['finetune'][0]}–{rng['finetune'][1]} epochs, retraining "
-                       f"{rng['retrain'][0]}–{rng['retrain'][1]}.\n")
+                       f"{rng['retrain'][0]}–{rng['retrain'][1]}; optimizer {getattr(args, 'optimizer', 'adam')}, "
+                       f"lr {args.lr:g}.\n")
         out.append(f"N/2 vs N/2 ({res['half']} unlearned of seeds 0..{res['half'] - 1} vs the oracles of seeds "
                    f"{res['half']}..{res['N'] - 1}; the floor: the oracles of seeds 0..{res['half'] - 1} vs the same):\n")
         out.append(markdown_table(["method"] + COLS, [_row(k, v) for k, v in res["rows"].items()]))
@@ -401,7 +404,7 @@ def report(results: list, args) -> str:
                v["forget_margin"]["klom_shifted"]["median"], v["forget_margin"]["klom_shifted"]["p95"]]
               for k, v in res["rows"].items() if "forget_margin" in v]
         out.append(markdown_table(["method", "margin mean", "oracles'", "offset", "sd over models", "oracles' sd",
-                                   "KLoM f med, shifted", "KLoM f p95, shifted"], fm))
+                                   "KLoM f med, shifted", "KLoM f p95, shifted"], fm) + "\n")
         out.append(f"N vs N ({res['N']} unlearned vs {res['N']} oracles; no floor at this N):\n")
         out.append(markdown_table(["method"] + COLS, [_row(k, v) for k, v in res["rows_full"].items()]))
         hp = "; ".join(f"{k} {v['hp']}" for k, v in res["hp_selection"].items())
@@ -452,6 +455,8 @@ def main(argv=None) -> int:
                     help="early stopping: stop once the validation split has not improved for this many epochs (0: fixed epochs)")
     ap.add_argument("--pretrain-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                    help="fine-tuning and retraining optimizer (sgd: momentum 0.9; give it its own --lr, e.g. 0.1)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--ridge", type=float, default=1.0)
     ap.add_argument("--forget-class", type=int, default=2)
