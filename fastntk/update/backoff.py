@@ -63,10 +63,12 @@ def ridge_backoff(result, resolve: Callable, passes: Callable, *, tries: int) ->
     record = {"used": False, "tries": [dict(fig, ridge=result.ridge, steps=result.newton.steps, passed=ok)],
               "factor": BACKOFF_FACTOR, "max_tries": int(tries)}
     if ok:
-        record["why"] = "the update passed the back-off's test (the do-no-harm check, retain accuracy within backoff_acc_drop) with the ridge chosen"
+        record["why"] = ("the update passed the back-off's test (the do-no-harm check, retain accuracy within "
+                         "backoff_acc_drop) with the ridge chosen")
         return result, record
     if tries <= 0:
-        record["why"] = "the update failed the back-off's test; ridge_backoff = 0: no re-solve (the do-no-harm check decides)"
+        record["why"] = ("the update failed the back-off's test; ridge_backoff = 0: no re-solve (the do-no-harm check "
+                         "decides)")
         return result, record
     record["used"] = True
     lam0 = result.ridge

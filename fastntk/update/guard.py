@@ -174,7 +174,8 @@ def check_update(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.
 def passes_undamped(objective: NetworkObjective, w_old: torch.Tensor, delta: torch.Tensor, tol: HarmTolerance, *,
                     w_new: torch.Tensor | None = None, chance_loss: float | None = None) -> tuple[bool, dict]:
     """Whether the full-size update passes the check (no damping tried): ``(passed, {"loss", "acc", "loss_bound",
-    "acc_before", "loss_before"})`` — the test the ridge back-off (:mod:`fastntk.update.backoff`) applies to each re-solve."""
+    "loss_before", "acc_before", "acc_floor"})`` — the test the ridge back-off (:mod:`fastntk.update.backoff`) applies to
+    each solve (with its stricter accuracy tolerance)."""
     import dataclasses
 
     try:
