@@ -102,6 +102,7 @@ def _config(args, model, scen, seed, cls):
         epochs=3 if q else args.epochs, patience=args.patience, val_fraction=args.val, pretrain_epochs=1 if q else 2,
         batch_size=64, lr=args.lr, finetune="standard", finetune_loss="ce", ridge=0.0, forget=scen, forget_class=cls,
         seed=seed, progress=False, out_dir=f"/tmp/fastntk-bench/ce-{model}-{scen}-{seed}", cache_dir=args.cache,
+        **({"forget_fraction": args.forget_fraction} if getattr(args, "forget_fraction", None) else {}),
     )
 
 
@@ -388,7 +389,8 @@ def summarize(runs, variants) -> tuple[dict, str]:
 
             ep = "; ".join(f"seed {r['seed']}{tag(r)}: fine-tune {r['epochs']['finetune'][1]}/{r['epochs']['finetune'][0]}, "
                            f"retrain {r['epochs']['retrain'][1]}/{r['epochs']['retrain'][0]} epochs" for r in rs)
-            lines.append(f"### {model}, {'one whole class' if scen == 'class' else 'random 10 %'} — n_train={s['n_train']}, "
+            share = f"random {100 * s['n_forget'] / max(s['n_train'], 1):.0f} %"
+            lines.append(f"### {model}, {'one whole class' if scen == 'class' else share} — n_train={s['n_train']}, "
                          f"n_forget≈{s['n_forget']}, p={s['p']}, C={s['C']}, {len(rs)} run(s)\n")
             lines.append(f"Early stopping (best/run epochs): {ep}.\n")
             lines.append(t.to_markdown())
@@ -458,6 +460,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["fastntk_cnn_small", "resnet10t", "fastntk_vit_tiny"])
     ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2], help="forgotten class per class-scenario run (seed = index)")
     ap.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--forget-fraction", type=float, default=None,
+                    help="the random request's share of the training set (default: the config's, 10 %%)")
     ap.add_argument("--scenarios", nargs="+", default=["class", "random"])
     recipe_arguments(ap)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
-    ("ce_default", "CE, the current default on four families (small CNN 3k; ViT with prompts, resnet10t, resnet18 at 2k) with FT / GA / NegGrad+: three classes each, random 10 % (three seeds each), and issue 12's targets per request",
+    ("ce_default", "CE, the current default on four families (small CNN 3k; ViT with prompts, resnet10t, resnet18 at 2k) with FT / GA / NegGrad+: three classes each, random 10 % (three seeds each; the growth-tested iteration of the time — one Newton step is the default since, the same update on 13 of 17 random requests, ce_onestep_*), and issue 12's targets per request",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --name ce_default_cnn  # likewise --models fastntk_vit_tiny --limit 2000 (ce_default_vit), --models resnet10t --limit 2000 --random-seeds 0 (ce_default_r10), --models resnet18 --limit 2000 --random-seeds 0 (ce_default_r18), --models resnet10t / resnet18 --limit 2000 --random-seeds 1 2 --scenarios random (ce_default_r10_random12, ce_default_r18_random12); then --resummarize the six JSON files --name ce_default. The CNN and ViT runs ran before the ridge back-off (it does not change them: no class request there fails its test), the ResNet runs with it"),
     ("ce_backoff_vit", "The do-no-harm ridge back-off, ViT with prompts: the default, without the back-off, and the automatic ridge ×4 with and without it",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --classes 0 1 2 --scenarios class --variants 'Fast-NTK (default)' 'no ridge back-off' 'auto ridge ×4' 'auto ridge ×4, no back-off' --baselines --name ce_backoff_vit  # before the back-off's accuracy test (backoff_acc_drop)"),
@@ -24,7 +24,7 @@ SECTIONS = [
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --limit 2000 --classes 1 --scenarios class --variants 'Fast-NTK (default)' 'auto ridge ×4' 'auto ridge ×4, no back-off' --baselines --name ce_backoff_r10  # before the back-off's accuracy test"),
     ("trace_ce_ridge_r18", "The per-sample ridge scaled by m = ¼ … 2 on resnet18 (classes 0 and 1): the smaller ridges are closer here",
      "OMP_NUM_THREADS=1 python benchmarks/trace_ce_ridge.py --models resnet18 --limit 2000 --classes 0 1 --mults 0.25 0.5 1 2 --name trace_ce_ridge_r18"),
-    ("ce_onestep_cnn", "CE random 10 %, small CNN: the default (Newton steps until the decrement grows) against exactly one Newton step",
+    ("ce_onestep_cnn", "CE random 10 %, small CNN: the default of the time (Newton steps until the decrement grows) against exactly one Newton step (the default since)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --random-seeds 0 1 2 --scenarios random --variants 'Fast-NTK (default)' 'one Newton step' --baselines --name ce_onestep_cnn"),
     ("ce_onestep_vit", "CE random 10 %, ViT with prompts (seeds 0–2): the default against one Newton step",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --random-seeds 0 1 2 --scenarios random --variants 'Fast-NTK (default)' 'one Newton step' --baselines --name ce_onestep_vit"),
@@ -32,6 +32,10 @@ SECTIONS = [
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --random-seeds 3 4 5 --scenarios random --variants 'Fast-NTK (default)' 'one Newton step' --baselines --name ce_onestep_vit345"),
     ("ce_onestep_res", "CE random 10 %, resnet10t and resnet18: the default against one Newton step",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t resnet18 --limit 2000 --random-seeds 0 --scenarios random --variants 'Fast-NTK (default)' 'one Newton step' --baselines --name ce_onestep_res"),
+    ("ce_half_cnn", "CE random 50 % (half of the training set forgotten), small CNN: the growth-tested iteration (the default when it ran) against one Newton step (the default since)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --random-seeds 0 1 2 --scenarios random --forget-fraction 0.5 --variants 'Fast-NTK (default)' 'one Newton step' --name ce_half_cnn"),
+    ("ce_half_vit", "CE random 50 %, ViT with prompts: the growth-tested iteration against one Newton step",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny --limit 2000 --random-seeds 0 1 2 --scenarios random --forget-fraction 0.5 --variants 'Fast-NTK (default)' 'one Newton step' --name ce_half_vit"),
     ("indist_ce_class_es", "Indistinguishability (KLoM, challenge F; N = 32) after CE fine-tuning with early stopping, one class",
      "OMP_NUM_THREADS=1 python benchmarks/bench_indistinguishable.py --scenarios class --finetune standard --epochs 30 --patience 3 --name indist_ce_class_es"),
     ("indist_ce_random_es", "Indistinguishability (KLoM, challenge F; N = 32) after CE fine-tuning with early stopping, random 10 %",

@@ -279,6 +279,17 @@ def test_ce_route_records_plan_and_direct_solver():
     assert len(solved) == steps or (len(solved) == steps + 1 and ("grew" in why or "line search" in why or "descent" in why))
     assert res.reasons["anchor"].startswith("anchor='trained'")  # every class keeps retain samples
     assert all(res.solves[k]["method"].startswith("cholesky") for k in solved)
+    # steps='auto' on the tilted objective: TILTED_AUTO_STEPS step(s), said so; an explicit NewtonOptions keeps the
+    # growth-tested iteration (it may take more)
+    from fastntk.update.policy import TILTED_AUTO_STEPS
+
+    assert steps == TILTED_AUTO_STEPS == 1 and "tilted objective" in res.reasons["steps"]
+    assert "max_steps = 1 reached" in why
+    grown = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=1.0, w0=w0, rtol=1e-10,
+                    newton=NewtonOptions(max_steps=16))
+    np.testing.assert_allclose(grown.info["newton"]["history"][0]["decrement"], res.info["newton"]["history"][0]["decrement"],
+                               rtol=1e-10)  # the same first step
+    assert "newton=" in grown.reasons["steps"]
 
 
 def test_replay_of_full_batch_gd_equals_the_spectral_filter():

@@ -28,7 +28,7 @@ from .newton import NewtonOptions
 from .objective import NetworkObjective, loss_of
 from .options import UnlearnOptions, build_options
 from .plan import plan_sizes, plan_variant
-from .policy import ce_anchor
+from .policy import auto_newton, ce_anchor
 from .result import UnlearnResult
 from .ridge import match_ridge
 from .solve import SolveContext
@@ -193,9 +193,8 @@ def _newton_options(plan, opts) -> NewtonOptions:
         newton = opts.newton
         plan.choose("steps", "newton", f"newton={newton} given")
     elif plan.steps == "auto":
-        newton = NewtonOptions(line_search=opts.line_search, stop_on_growth=plan.anchor == "trained")
-        plan.choose("steps", "auto", f"steps='auto': Newton steps until δ²_k ≤ {newton.rel_decrement}·δ²_1 "
-                                     f"(at most {newton.max_steps})")
+        newton, why = auto_newton(plan.anchor, opts.line_search)
+        plan.choose("steps", "auto", why)
     else:
         newton = NewtonOptions(max_steps=int(plan.steps), rel_decrement=0.0, line_search=opts.line_search, stop_on_growth=False)
         plan.choose("steps", plan.steps, f"steps={plan.steps} requested: exactly {plan.steps} Newton steps unless the line "

@@ -26,7 +26,7 @@ from .backoff import backoff_applies, backoff_tolerance, ridge_backoff
 from .guard import HarmTolerance, check_update, passes_undamped, record_forget, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
-from .policy import ce_anchor
+from .policy import auto_newton, ce_anchor
 from .requests import RequestStream, check_request
 from .result import UnlearnResult
 from .dense import gram64
@@ -87,7 +87,7 @@ class CEUnlearner(RequestStream):
         ti, tk = torch.as_tensor(idx), torch.as_tensor(keep)
         X_r, y_r, X_f, y_f = self.X[tk], self.y[tk], self.X[ti], self.y[ti]
         anchor, why = ce_anchor(y_r, self.y[torch.as_tensor(all_f)])
-        newton = self.newton or NewtonOptions(stop_on_growth=anchor == "trained")
+        newton = self.newton or auto_newton(anchor)[0]
         ctx = SolveContext(rtol=self.rtol, maxiter=None, preconditioner="none", precond_rank=0, backend="auto", callback=None,
                            on_fail="raise", progress=False)
         curv = FrozenCurvature(self.G_D, self.trace_D, self._rows(all_f))
