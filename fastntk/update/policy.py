@@ -8,7 +8,7 @@ trained_with         linearize_at      anchor    kernel  steps
 ===================  ================  ========  ======  =============================================
 ``linearized-mse``   ``w0``            ``fit``   MSE     1 (exact: the closed form of the paper)
 ``mse``              ``trained``       trained   MSE     1 (bench_variants: best mean avg gap)
-``ce``               ``trained``       by request CE GN  Newton steps with the stopping rule (see below)
+``ce``               ``trained``       by request CE GN  class: Newton steps to the stopping rule; random: one step
 ===================  ================  ========  ======  =============================================
 
 For ``ce`` the anchor follows the request (:func:`ce_anchor`): when the forget set takes every training sample
