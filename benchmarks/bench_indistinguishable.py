@@ -237,7 +237,8 @@ def score(unl: list, orc: list, labels: dict) -> dict:
                             "sd_over_models": float(mu.std(0).mean()), "oracle_sd_over_models": float(mo.std(0).mean()),
                             "klom_shifted": summarize(klom(mu - off, mo))}
     for split in ("forget", "retain", "held-out"):
-        vals = klom(np.stack([u[split] for u in unl]), np.stack([o[split] for o in orc]), labels[split])
+        vals = klom(mu, mo) if split == "forget" else klom(np.stack([u[split] for u in unl]), np.stack([o[split] for o in orc]),
+                                                           labels[split])  # the forget margins: computed above
         out["klom_" + split] = summarize(vals)
         if split == "forget":
             out["klom_forget_values"] = vals.tolist()

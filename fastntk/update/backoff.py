@@ -23,11 +23,13 @@ try (ridge, steps, retain loss and accuracy against the bound) is recorded in ``
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Callable
 
 log = logging.getLogger("fastntk")
 
-__all__ = ["BACKOFF_FACTOR", "backoff_applies", "backoff_tolerance", "ridge_backoff"]
+__all__ = ["BACKOFF_FACTOR", "backoff_applies", "backoff_tolerance", "ridge_backoff", "run_backoff"]
 
 #: each re-solve multiplies the ridge by this factor
 BACKOFF_FACTOR = 0.5
@@ -61,7 +63,7 @@ def ridge_backoff(result, resolve: Callable, passes: Callable, *, tries: int) ->
     """
     ok, fig = passes(result)
     record = {"used": False, "tries": [dict(fig, ridge=result.ridge, steps=result.newton.steps, passed=ok)],
-              "factor": BACKOFF_FACTOR, "max_tries": int(tries)}
+              "factor": BACKOFF_FACTOR, "max_tries": int(tries), "steps": result.newton.steps}
     if ok:
         record["why"] = ("the update passed the back-off's test (the do-no-harm check, retain accuracy within "
                          "backoff_acc_drop) with the ridge chosen")
@@ -81,6 +83,7 @@ def ridge_backoff(result, resolve: Callable, passes: Callable, *, tries: int) ->
         result = resolve(lam, result, k)
         ok, fig = passes(result)
         record["tries"].append(dict(fig, ridge=result.ridge, steps=result.newton.steps, passed=ok))
+        record["steps"] += result.newton.steps
         if ok:
             break
     record["why"] = (f"the update at the chosen ridge λ = {lam0:.4g} failed the back-off's test (the do-no-harm check with the "
@@ -88,3 +91,21 @@ def ridge_backoff(result, resolve: Callable, passes: Callable, *, tries: int) ->
                      f"{result.ridge:.4g} ({len(record['tries']) - 1} halving(s)), which "
                      + ("passes" if ok else "still fails (the usual damping applies to it)"))
     return result, record
+
+
+def run_backoff(result, run: Callable, check_objective: Callable, *, w_old, harm, anchor: str, ridge, C: int):
+    """The back-off of one request, as ``unlearn`` and the prepared CE ``Unlearner`` run it: ``(result, record,
+    seconds)``.  ``run(λ, start=Δ)`` re-solves from ``w_old + Δ``; ``check_objective(result)`` is the do-no-harm check's
+    retain objective for that result (its memo); ``C`` the classes (the check's chance loss ``log C``).  Where it does not
+    apply (:func:`backoff_applies`) the result is returned as it is, with the reason."""
+    applies, why = backoff_applies(anchor, ridge, harm)
+    if not applies:
+        return result, {"used": False, "why": why}, 0.0
+    from .guard import passes_undamped
+
+    t, tol = time.perf_counter(), backoff_tolerance(harm)
+    res, rec = ridge_backoff(result, lambda lam, prev, k: run(lam, start=prev.delta),
+                             lambda r: passes_undamped(check_objective(r), w_old, r.delta, tol, w_new=r.w,
+                                                       chance_loss=math.log(C)),
+                             tries=harm.ridge_backoff)
+    return res, rec, (time.perf_counter() - t) if rec["used"] else 0.0

@@ -21,8 +21,8 @@ from ..errors import InvalidInputError, NumericalError
 from ..operators import make_jacobian
 from ..precision import with_strict_precision
 from .forms import form_delta, ridge_fit, trapezium_scale
-from .backoff import backoff_applies, backoff_tolerance, ridge_backoff
-from .guard import check_update, passes_undamped, record_forget, retain_sample
+from .backoff import run_backoff
+from .guard import check_update, record_forget, retain_sample
 from .inputs import check_labels, check_model, check_overlap, check_scalar, linearization_point, num_outputs, targets, xy
 from .newton import NewtonOptions
 from .objective import NetworkObjective, loss_of
@@ -236,27 +236,13 @@ def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.T
 
 def _backoff(plan, opts, peft, inp: Inputs, w0, ridge, r, run):
     """The ridge back-off (:mod:`fastntk.update.backoff`) of a class request whose ridge was the library's choice:
-    ``(result, record or None, the check objective's memo, seconds of the re-solves and their checks)``."""
-    harm = opts.harm
+    ``(result, record, the check objective's memo, seconds of the re-solves and their checks)``."""
     check_memo = {}  # the check's evaluations on its retain sample (when it is not all of D_r), reused by _harm_check
-    applies, why = backoff_applies(plan.anchor, ridge, harm)
-    if not applies:
-        return r, {"used": False, "why": why}, check_memo, 0.0
-    t = time.perf_counter()
-
-    def passes(res):
-        obj = _check_objective(peft, inp, "ce", w0, harm, 1.0, res.memo, check_memo)
-        return passes_undamped(obj, inp.w_trained, res.delta, backoff_tolerance(harm), w_new=res.w,
-                               chance_loss=math.log(inp.C))
-
-    def resolve(lam, prev, k):
-        return run(lam, start=prev.delta)
-
-    res, rec = ridge_backoff(r, resolve, passes, tries=harm.ridge_backoff)
-    rec["steps"] = sum(tr["steps"] for tr in rec["tries"])
+    res, rec, sec = run_backoff(r, run, lambda res: _check_objective(peft, inp, "ce", w0, opts.harm, 1.0, res.memo, check_memo),
+                                w_old=inp.w_trained, harm=opts.harm, anchor=plan.anchor, ridge=ridge, C=inp.C)
     if rec["used"]:
         plan.choose("ridge_backoff", len(rec["tries"]) - 1, rec["why"])
-    return res, rec, check_memo, (time.perf_counter() - t) if rec["used"] else 0.0
+    return res, rec, check_memo, sec
 
 
 # ------------------------------------------------------------------------------------------------ the entry point

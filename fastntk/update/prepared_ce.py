@@ -22,8 +22,8 @@ from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from ..errors import InvalidInputError
 from ..operators import make_jacobian
 from .options import DEFAULT_RTOL
-from .backoff import backoff_applies, backoff_tolerance, ridge_backoff
-from .guard import HarmTolerance, check_update, passes_undamped, record_forget, retain_sample
+from .backoff import run_backoff
+from .guard import HarmTolerance, check_update, record_forget, retain_sample
 from .newton import NewtonOptions
 from .objective import NetworkObjective
 from .policy import auto_newton, ce_anchor
@@ -104,21 +104,14 @@ class CEUnlearner(RequestStream):
             return NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce",
                                     memo=res.memo if s.numel() == X_r.shape[0] else check_memo)
 
-        applies, why_not = backoff_applies(anchor, self.ridge, self.harm)
-        backoff = {"used": False, "why": why_not}
-        t = time.perf_counter()
-        if applies:  # fastntk.update.backoff
-            r, backoff = ridge_backoff(
-                r0, lambda lam, prev, k: run(lam, start=prev.delta),
-                lambda res: passes_undamped(check_objective(res), self.w, res.delta, backoff_tolerance(self.harm), w_new=res.w,
-                                            chance_loss=math.log(self.C)), tries=self.harm.ridge_backoff)
-        t_back = time.perf_counter() - t if backoff["used"] else 0.0
+        r, backoff, t_back = run_backoff(r0, run, check_objective, w_old=self.w, harm=self.harm, anchor=anchor,
+                                         ridge=self.ridge, C=self.C)  # fastntk.update.backoff
         t = time.perf_counter()
         delta, w_new, chk = check_update(check_objective(r), self.w, r.delta, self.harm, chance_loss=math.log(self.C))
         record_forget(self.peft, X_f, y_f, self.harm, self.w, w_new, chk, loss="ce")
         timings = dict(r0.timings, **({"ridge backoff": t_back} if t_back else {}),
                        **{"harm check": time.perf_counter() - t, "total": time.perf_counter() - t0})
-        steps = sum(tr["steps"] for tr in backoff["tries"]) if backoff["used"] else r.newton.steps
+        steps = backoff["steps"] if backoff["used"] else r.newton.steps
         reasons = {"anchor": why, "ridge": r0.ridge_info["rule"] + f": λ = {r0.ridge:.4g}" +
                    (f"; {backoff['why']}" if backoff["used"] else ""), "solver": r.solver,
                    "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",
