@@ -342,6 +342,27 @@ def test_half_sketch_error_on_one_problem():
     assert e2.error == pytest.approx(e.error)
 
 
+@pytest.mark.parametrize("n,k,m", [(16, 2, None), (16, 2, 8), (200, 2, None), (200, 4, 120)])
+def test_half_sketch_solves_from_one_gram_equal_three_separate_solves(n, k, m):
+    """The dense route takes the halves' and the whole sketch's systems from one Gram's worth of products (kernel space
+    when 2·rows < p, parameter space otherwise): each equals its own Cholesky solve (float64, 1e-10), for halves by
+    columns (all samples) and by draws (a subsample)."""
+    from fastntk.operators import sketch as SK
+
+    peft = CASES["bn-cnn+head"]
+    X = _X(n, seed=15)
+    sk = SketchedJacobian(peft, X, k=k, m=m, seed=2)
+    a, bb = sk.halves()
+    assert (2 * a.J.shape[0] < peft.p) == (n == 16)  # both spaces are exercised
+    b = torch.randn(peft.p, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    lam = 0.3
+    e = half_sketch_error(sk, b, lam)
+    assert e.method == "cholesky" and SK.dense_is_cheap(2 * a.J.shape[0], peft.p)
+    for got, J in ((e.x_a, a.J), (e.x_b, bb.J), (e.x, sk.J)):
+        ref = torch.linalg.solve(J.T.double() @ J.double() + lam * torch.eye(peft.p, dtype=torch.float64), b)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_half_sketch_error_by_cg_equals_the_dense_route(monkeypatch, dtype):
     """Above DIRECT_HALF_LIMIT the three solves run by matrix-free CG on the stored rows (no float64 copy, no Gram):
@@ -358,6 +379,7 @@ def test_half_sketch_error_by_cg_equals_the_dense_route(monkeypatch, dtype):
     dense = half_sketch_error((a, bb), b, 0.5)
     monkeypatch.setattr(SK, "DIRECT_HALF_LIMIT", 0)
     cg = half_sketch_error((a, bb), b, 0.5)
+    assert dense.method == "cholesky" and cg.method == "cg"
     tol = 1e-3
     assert cg.error == pytest.approx(dense.error, rel=tol)
     for u, v in ((cg.x, dense.x), (cg.x_a, dense.x_a), (cg.x_b, dense.x_b)):

@@ -762,3 +762,73 @@ def test_ridge_backoff_is_validated(bad):
     if not isinstance(bad, (bool, str)) and bad < 0:
         with pytest.raises(InvalidInputError, match="backoff_acc_drop"):
             HarmTolerance(backoff_acc_drop=bad)
+
+
+def test_the_first_step_reuses_the_half_sketch_estimates_solve(monkeypatch):
+    """With a kept sketch the first step's system is the one the half-sketch estimate already solved with the whole
+    sketch: the step takes that solve (recorded with its true residual) and equals the step CG computes on the same
+    sketch (solver='cg', which is respected: no reuse of a Cholesky solve)."""
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 10.0)
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12, harm=HarmTolerance(enabled=False))
+    reused = unlearn(m, peft, retain, forget, **kw)
+    assert reused.plan["curvature_source"]["value"] == "sketch"
+    assert reused.plan["solver"]["value"] == "direct" and "the half-sketch error estimate made" in reused.plan["solver"]["reason"]
+    rec = reused.solves["step 1: (G_r(w) + λI) s = −∇F_r(w)"]
+    assert rec.converged and rec.residual_norm <= 1e-12 * rec.rhs_norm
+    cg = unlearn(m, peft, retain, forget, solver="cg", **kw)
+    assert "half-sketch" not in cg.plan["solver"]["reason"] and cg.plan["solver"]["value"] == "cg"
+    np.testing.assert_allclose(reused.delta.numpy(), cg.delta.numpy(), rtol=0, atol=1e-9 * float(cg.delta.abs().max()))
+
+
+@pytest.mark.parametrize("anchor", ["trained", "retain"])
+def test_one_tilted_step_is_scored_on_the_check_sample_and_gives_the_same_update(anchor):
+    """A random request (one tilted step) scores its line search on the do-no-harm check's retain sample S when S is
+    smaller than D_r: the data term and tilt on S × n_r/|S| keep ∇F_S(w_t) = −g_f, so the step (its direction, here
+    accepted at t = 1 both ways) equals the one scored on all of D_r; the plan says which ran.  The plain objective of a
+    class request (several steps, each needing ∇F_r on all of D_r) never takes the sample."""
+    m, peft, retain, forget, w0 = _gate_problem()
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor=anchor, rtol=1e-12, curvature_source="exact")
+    full = unlearn(m, peft, retain, forget, harm=HarmTolerance(samples=10_000), **kw)
+    part = unlearn(m, peft, retain, forget, harm=HarmTolerance(samples=64), **kw)
+    assert full.plan["line_search_sample"]["value"] == "all"
+    if anchor == "retain":
+        assert part.plan["line_search_sample"]["value"] == "all" and "plain retain objective" in part.plan["line_search_sample"]["reason"]
+        return
+    assert part.plan["line_search_sample"]["value"] == 64 and "64 of 270" in part.plan["line_search_sample"]["reason"]
+    assert full.info["steps"] == part.info["steps"] == 1
+    assert full.info["newton"]["history"][0]["t"] == part.info["newton"]["history"][0]["t"] == 1.0
+    np.testing.assert_allclose(part.delta.numpy(), full.delta.numpy(), rtol=0, atol=1e-10 * float(full.delta.abs().max()))
+    # the check scored the same weights on its sample: its figures are the line search's (memo), not new ones
+    assert part.info["harm_check"]["samples"] == 64 and part.info["harm_check"]["passed"]
+
+
+def test_the_sampled_tilted_objective_has_the_forget_gradient_at_the_trained_weights():
+    """F_S(w) = (n_r/|S|)·Σ_S ℓ_i(w) + ½λ‖w − c‖² − b_Sᵀ(w − w_t), b_S = (n_r/|S|)·∇Σ_S ℓ_i(w_t) + g_f + λ(w_t − c):
+    its gradient at w_t is −g_f whatever S is (the identity that makes the sampled line search score the same step),
+    and its value change along a step is the sample's unbiased estimate of F_r's (checked exactly for S = D_r)."""
+    import fastntk.update.tilted as tilted
+    from fastntk.update.solve import SolveContext
+
+    m, peft, (X_r, y_r), (X_f, y_f), w0 = _gate_problem()
+    wt = peft.vector().clone()
+    idx = np.sort(np.random.default_rng(0).choice(X_r.shape[0], 50, replace=False))
+    memo = {}
+    res = tilted.tilted_newton(peft, (X_r, y_r), (X_f, y_f), w_trained=wt, w0=w0, loss="ce", ridge=0.5,
+                               newton=NewtonOptions(max_steps=1), jac=tilted.JacobianOptions(curvature_source="exact"),
+                               ctx=SolveContext(rtol=1e-12), sample=(idx, memo))
+    assert res.line_search.startswith("the step's line search on the do-no-harm check's retain sample S (50 of 270)")
+    g_f = NetworkObjective(peft, X_f, y_f, loss="ce").value_and_grad(wt)[1]
+    n_r = X_r.shape[0]
+    S = NetworkObjective(peft, X_r[idx], y_r[idx], loss="ce", weight=n_r / 50)
+    LS, gS = S.value_and_grad(wt)
+    F_S = NetworkObjective(peft, X_r[idx], y_r[idx], loss="ce", weight=n_r / 50, ridge=0.5, center=w0,
+                           tilt=gS + g_f + 0.5 * (wt - w0), tilt_ref=wt)
+    torch.testing.assert_close(F_S.value_and_grad(wt)[1], -g_f, rtol=1e-10, atol=1e-12)
+    # the iteration evaluated F_S (on the sample's memo) at w_t and at w_t + Δ
+    assert len(memo) == 2
+    F0, F1 = F_S.value(wt), F_S.value(res.w)
+    h = res.newton.history[0]
+    assert h["objective_before"] == pytest.approx(F0, rel=1e-12) and h["objective_after"] == pytest.approx(F1, rel=1e-12)

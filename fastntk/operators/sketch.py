@@ -250,9 +250,11 @@ DIRECT_HALF_LIMIT = 4096
 DIRECT_GRAM_FLOPS = 5e10
 
 
-def dense_is_cheap(rows: int, p: int, limit: int = DIRECT_HALF_LIMIT) -> bool:
+def dense_is_cheap(rows: int, p: int, limit: int | None = None) -> bool:
     """Whether a float64 Cholesky of ``JᵀJ + λI`` in the smaller space beats CG for ``rows × p`` stored rows: the
-    smaller side at most ``limit`` and its Gram at most :data:`DIRECT_GRAM_FLOPS` flops."""
+    smaller side at most ``limit`` (default :data:`DIRECT_HALF_LIMIT`, read at call time) and its Gram at most
+    :data:`DIRECT_GRAM_FLOPS` flops."""
+    limit = DIRECT_HALF_LIMIT if limit is None else limit
     small, large = min(rows, p), max(rows, p)
     return small <= limit and float(small) ** 2 * large <= DIRECT_GRAM_FLOPS
 
@@ -272,17 +274,19 @@ class _RowGram(TorchLinearOperator):
 
 
 def _cg_ridge(blocks: list, rhs: torch.Tensor, ridge: float, *, scale: float = 1.0, rtol: float = 1e-5,
-              maxiter: int = 5000) -> torch.Tensor:
+              maxiter: int = 5000, x0: torch.Tensor | None = None) -> torch.Tensor:
     """``(scale·Σ_B BᵀB + λI)⁻¹ rhs`` by :func:`fastntk.solvers.cg`, matrix-free on the row blocks ``B`` as stored
-    (products in their dtype; float32 rows cannot certify below ~10 eps32); ``rhs`` (p,) or (p, r).  Raises
+    (products in their dtype; float32 rows cannot certify below ~10 eps32); ``rhs`` (p,) or (p, r), ``x0`` a start of
+    the same shape.  Raises
     :class:`NumericalError` if CG does not converge."""
     from ..solvers import cg
 
     if rhs.ndim == 2:
-        return torch.stack([_cg_ridge(blocks, rhs[:, j], ridge, scale=scale, rtol=rtol, maxiter=maxiter)
-                            for j in range(rhs.shape[1])], 1)
+        return torch.stack([_cg_ridge(blocks, rhs[:, j], ridge, scale=scale, rtol=rtol, maxiter=maxiter,
+                                      x0=None if x0 is None else x0[:, j]) for j in range(rhs.shape[1])], 1)
     tol = max(rtol, 10 * torch.finfo(blocks[0].dtype).eps)
-    res = cg(_RowGram(blocks, ridge, scale), rhs.double(), rtol=tol, maxiter=int(maxiter), on_fail="ignore")
+    res = cg(_RowGram(blocks, ridge, scale), rhs.double(), rtol=tol, maxiter=int(maxiter), on_fail="ignore",
+             x0=None if x0 is None else x0.double())
     if not res.converged:
         raise NumericalError(f"CG for the half-sketch error estimate did not converge in {res.iterations} iterations "
                              f"(relative residual {res.true_residual / max(res.rhs_norm, 1e-300):.2e})")
@@ -295,7 +299,8 @@ class HalfSketchEstimate:
 
     ``x``: the solve with the full sketch ``(G̃_a + G̃_b)/2``; ``x_a``, ``x_b``: with each half;
     ``error``: estimated ``‖x − x_exact‖/‖x‖`` of the full sketch, ``‖x_a − x_b‖ / (2‖x‖)``;
-    ``half_error``: the same for one half-sketch, ``‖x_a − x_b‖ / (√2‖x‖)``.
+    ``half_error``: the same for one half-sketch, ``‖x_a − x_b‖ / (√2‖x‖)``; ``method``: how ``x`` was solved
+    (``"cholesky"`` or ``"cg"``).
     """
 
     x: torch.Tensor
@@ -303,6 +308,69 @@ class HalfSketchEstimate:
     x_b: torch.Tensor
     error: float
     half_error: float
+    method: str = ""  # how ``x`` was solved: "cholesky" (dense float64) or "cg" (matrix-free)
+
+
+def _cross64(A: torch.Tensor, B: torch.Tensor, cols_bytes: float = 2e8) -> torch.Tensor:
+    """``A Bᵀ`` in float64, in column chunks (no float64 copy of the whole rows)."""
+    out = torch.zeros(A.shape[0], B.shape[0], dtype=torch.float64, device=A.device)
+    step = max(1, int(cols_bytes // max(1, 8 * (A.shape[0] + B.shape[0]))))
+    for c in range(0, A.shape[1], step):
+        out += A[:, c:c + step].double() @ B[:, c:c + step].double().T
+    return out
+
+
+def _rows_t_rows64(A: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``AᵀA`` (p × p) in float64, in row chunks."""
+    G = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64, device=A.device)
+    for r in range(0, A.shape[0], rows):
+        Ac = A[r:r + rows].double()
+        G += Ac.T @ Ac
+    return G
+
+
+def _chol(A: torch.Tensor, ridge: float) -> torch.Tensor:
+    A = A.clone()
+    A.diagonal().add_(ridge)
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        raise NumericalError("the ridge-regularized sketched Gauss-Newton is not positive definite; increase the ridge")
+    return L
+
+
+def _jv(J, v, rows: int = 4096):
+    return torch.cat([J[r:r + rows].double() @ v for r in range(0, J.shape[0], rows)])
+
+
+def _jtv(J, u, rows: int = 4096):
+    out = torch.zeros(J.shape[1], *u.shape[1:], dtype=torch.float64, device=J.device)
+    for r in range(0, J.shape[0], rows):
+        out += J[r:r + rows].double().T @ u[r:r + rows]
+    return out
+
+
+def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: float):
+    """``x_a, x_b, x`` of :func:`half_sketch_error` by dense float64 Cholesky, the three systems from the Gram work of
+    the whole sketch alone: kernel space (``2·rows < p``) ``K_aa, K_bb, K_ab`` give the whole sketch's
+    ``K = [[K_aa, K_ab], [K_ba, K_bb]]/2``; parameter space ``G = (G_a + G_b)/2``.  (Before, each half and the whole
+    were Grammed apart: twice the flops.)"""
+    rows, p = Ja.shape
+    b = rhs.double().reshape(p, -1)
+    if 2 * rows < p:
+        Kaa, Kbb, Kab = _cross64(Ja, Ja), _cross64(Jb, Jb), _cross64(Ja, Jb)
+        ya, yb = _jv(Ja, b), _jv(Jb, b)
+        x_a = (b - _jtv(Ja, torch.cholesky_solve(ya, _chol(Kaa, ridge)))) / ridge
+        x_b = (b - _jtv(Jb, torch.cholesky_solve(yb, _chol(Kbb, ridge)))) / ridge
+        K = torch.cat([torch.cat([Kaa, Kab], 1), torch.cat([Kab.T, Kbb], 1)]) * 0.5
+        z = torch.cholesky_solve(torch.cat([ya, yb]) / math.sqrt(2.0), _chol(K, ridge)) / math.sqrt(2.0)
+        x = (b - _jtv(Ja, z[:rows]) - _jtv(Jb, z[rows:])) / ridge
+    else:
+        Ga, Gb = _rows_t_rows64(Ja), _rows_t_rows64(Jb)
+        x_a = torch.cholesky_solve(b, _chol(Ga, ridge))
+        x_b = torch.cholesky_solve(b, _chol(Gb, ridge))
+        x = torch.cholesky_solve(b, _chol((Ga + Gb) * 0.5, ridge))
+    shape = rhs.shape
+    return x_a.reshape(shape), x_b.reshape(shape), x.reshape(shape)
 
 
 def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEstimate:
@@ -318,6 +386,10 @@ def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEsti
     (root-mean-square) error of the full-sketch solution and ``‖x_a − x_b‖/√2`` that of one half.
     It is one draw of a random quantity (a ``χ``-like spread around the truth; more reliable for
     large ``p``) and it ignores second-order terms (bias ``O(‖H⁻¹(G̃ − G)‖²)``).
+
+    ``x`` (the whole sketch's solve) comes with it, so a caller that needs that solve anyway (the first Newton step)
+    takes it from here.  Small sketches: dense Cholesky, the three systems from one Gram's worth of flops
+    (:func:`_dense_halves`); large ones: matrix-free CG, the whole sketch's started from ``(x_a + x_b)/2``.
     """
     if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge > 0):
         raise InvalidInputError(f"ridge must be a positive finite number, got {ridge!r}")
@@ -327,14 +399,15 @@ def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEsti
     if not isinstance(rhs, torch.Tensor) or rhs.ndim not in (1, 2) or rhs.shape[0] != a.J.shape[1]:
         raise ShapeError(f"rhs must be a tensor of shape (p={a.J.shape[1]},) or (p, r), got {getattr(rhs, 'shape', type(rhs).__name__)}")
     rows, p = a.J.shape
-    if dense_is_cheap(rows, p):  # small: dense Cholesky (float64) of each half
-        x_a, x_b = ridge_solve(a.J, rhs, ridge), ridge_solve(b.J, rhs, ridge)
-    else:  # large: matrix-free CG on the rows as stored (no float64 copy, no Gram: measured on resnet18, p = 14,730,
-        # 2 × 8,192 rows: the dense route held ~9 GB and cost more than the whole unlearning)
-        x_a, x_b = _cg_ridge([a.J], rhs, ridge), _cg_ridge([b.J], rhs, ridge)
-    if dense_is_cheap(2 * rows, p):  # the whole sketch (twice the rows): decided on its own size
-        x = ridge_solve(torch.cat([a.J, b.J]) / math.sqrt(2.0), rhs, ridge)
+    method = "cholesky" if dense_is_cheap(2 * rows, p) else "cg"
+    if method == "cholesky":  # small: dense Cholesky (float64), one Gram's worth of work for the three solves
+        x_a, x_b, x = _dense_halves(a.J, b.J, rhs, ridge)
     else:
-        x = _cg_ridge([a.J, b.J], rhs, ridge, scale=0.5)
+        if dense_is_cheap(rows, p):  # each half is small enough for its own dense Cholesky
+            x_a, x_b = ridge_solve(a.J, rhs, ridge), ridge_solve(b.J, rhs, ridge)
+        else:  # large: matrix-free CG on the rows as stored (no float64 copy, no Gram: measured on resnet18, p = 14,730,
+            # 2 × 8,192 rows: the dense route held ~9 GB and cost more than the whole unlearning)
+            x_a, x_b = _cg_ridge([a.J], rhs, ridge), _cg_ridge([b.J], rhs, ridge)
+        x = _cg_ridge([a.J, b.J], rhs, ridge, scale=0.5, x0=(x_a + x_b) * 0.5)
     d, nx = float((x_a - x_b).norm()), max(float(x.norm()), 1e-300)
-    return HalfSketchEstimate(x=x, x_a=x_a, x_b=x_b, error=d / (2 * nx), half_error=d / (math.sqrt(2.0) * nx))
+    return HalfSketchEstimate(x=x, x_a=x_a, x_b=x_b, error=d / (2 * nx), half_error=d / (math.sqrt(2.0) * nx), method=method)

@@ -210,13 +210,18 @@ def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.T
     ctx = SolveContext.from_options(opts.solve, rtol=plan.rtol, progress=progress)
     log.info("fastntk: unlearn (CE) n_r=%d n_f=%d C=%d p=%d anchor=%s", inp.n_r, inp.n_f, inp.C, peft.p, plan.anchor)
     jac = dataclasses.replace(opts.jacobian, progress=progress)
+    check_memo = {}  # the check's evaluations on its retain sample (when it is not all of D_r), reused by _harm_check
+    sample = (retain_sample(inp.n_r, opts.harm.samples), check_memo)
 
     def run(lam, start=None):
         return tilted_newton(peft, (inp.X_r, inp.y_r), (inp.X_f, inp.y_f), w_trained=inp.w_trained, w0=w0, loss="ce",
-                             ridge=lam, newton=newton, jac=jac, ctx=ctx, tilt=plan.anchor == "trained", start=start)
+                             ridge=lam, newton=newton, jac=jac, ctx=ctx, tilt=plan.anchor == "trained", start=start,
+                             sample=sample)
 
     r0 = run(ridge)
-    r, backoff, check_memo, t_back = _backoff(plan, opts, peft, inp, w0, ridge, r0, run)
+    plan.choose("line_search_sample", "all" if r0.line_search.startswith("the step scored on all") else
+                int(sample[0].size), r0.line_search)
+    r, backoff, t_back = _backoff(plan, opts, peft, inp, w0, ridge, r0, run, check_memo)
     plan.choose("ridge", r.ridge, r0.ridge_info["rule"] + f": λ = {r0.ridge:.4g}" +
                 (f"; {backoff['why']}" if backoff is not None and backoff["used"] else ""))
     plan.choose("strategy", r.strategy.split(" ")[0], r.strategy)
@@ -234,15 +239,15 @@ def _run_ce(plan, opts, peft, inp: Inputs, ridge, w0, progress) -> tuple[torch.T
     return r.delta, 1.0, out
 
 
-def _backoff(plan, opts, peft, inp: Inputs, w0, ridge, r, run):
+def _backoff(plan, opts, peft, inp: Inputs, w0, ridge, r, run, check_memo):
     """The ridge back-off (:mod:`fastntk.update.backoff`) of a class request whose ridge was the library's choice:
-    ``(result, record, the check objective's memo, seconds of the re-solves and their checks)``."""
-    check_memo = {}  # the check's evaluations on its retain sample (when it is not all of D_r), reused by _harm_check
+    ``(result, record, seconds of the re-solves and their checks)``; ``check_memo``: the check objective's evaluations on
+    its retain sample."""
     res, rec, sec = run_backoff(r, run, lambda res: _check_objective(peft, inp, "ce", w0, opts.harm, 1.0, res.memo, check_memo),
                                 w_old=inp.w_trained, harm=opts.harm, anchor=plan.anchor, ridge=ridge, C=inp.C)
     if rec["used"]:
         plan.choose("ridge_backoff", len(rec["tries"]) - 1, rec["why"])
-    return res, rec, check_memo, sec
+    return res, rec, sec
 
 
 # ------------------------------------------------------------------------------------------------ the entry point

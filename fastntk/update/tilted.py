@@ -31,7 +31,7 @@ from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from .newton import NewtonOptions, NewtonReport, gauss_newton, stationarity_ridge
 from .objective import NetworkObjective
 from .dense import solve_primal_direct
-from .solve import SolveContext
+from .solve import SolveContext, record_direct
 
 log = logging.getLogger("fastntk")
 
@@ -205,21 +205,28 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
     return src, why
 
 
-def sketch_error(src, g: torch.Tensor, lam: float) -> dict | None:
-    """The half-sketch estimate of the relative error of ``(G̃ + λI)⁻¹ g`` (two independent halves of the sketch,
-    :func:`fastntk.operators.half_sketch_error`), or ``None`` for an exact source or a sketch that cannot be halved."""
+def sketch_estimate(src, g: torch.Tensor, lam: float):
+    """``(figures, (x, method))``: the half-sketch estimate of the relative error of ``(G̃ + λI)⁻¹ g`` (two independent
+    halves of the sketch, :func:`fastntk.operators.half_sketch_error`) and the whole sketch's solve ``x`` it computed on
+    the way (float64) with how (``"cholesky"`` or ``"cg"``); ``None`` in place of the pair where there is no estimate.
+    ``(None, None)`` for an exact source."""
     if getattr(src, "strategy", "") != "sketch":
-        return None
+        return None, None
     from ..operators import half_sketch_error
 
     try:
         est = half_sketch_error(src, g, lam)
     except InvalidInputError as e:  # odd k without a subsample: no independent halves
-        return {"estimated_relative_error": None, "why": str(e)}
+        return {"estimated_relative_error": None, "why": str(e)}, None
     except NumericalError as e:  # a diagnostic: its failure is reported, the update goes on
-        return {"estimated_relative_error": None, "why": f"the half-sketch solves failed: {e}"}
+        return {"estimated_relative_error": None, "why": f"the half-sketch solves failed: {e}"}, None
     return {"estimated_relative_error": float(est.error), "half_error": float(est.half_error),
-            "rule": "‖x_a − x_b‖/(2‖x‖) from two independent half-sketches (first step)"}
+            "rule": "‖x_a − x_b‖/(2‖x‖) from two independent half-sketches (first step)"}, (est.x, est.method)
+
+
+def sketch_error(src, g: torch.Tensor, lam: float) -> dict | None:
+    """The figures of :func:`sketch_estimate` (``None`` for an exact source)."""
+    return sketch_estimate(src, g, lam)[0]
 
 
 @dataclass
@@ -236,12 +243,14 @@ class TiltedResult:
     sketch: dict | None = None
     curvature: str = ""  # which curvature source ran and why
     memo: dict | None = None  # data loss / accuracy on D_r at every w the iteration evaluated (NetworkObjective.memo)
+    line_search: str = ""  # on which samples the step was scored (all of D_r, or the sample of one_step_sample)
 
 
 def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Tensor | None, loss: str,
                   ridge: float | str, newton: NewtonOptions, jac: JacobianOptions, ctx: SolveContext,
                   target_scale: float = 1.0, batch_size: int = 256, on_step=None, tilt: bool = True,
-                  center: str = "w0", curvature=None, start: torch.Tensor | None = None) -> TiltedResult:
+                  center: str = "w0", curvature=None, start: torch.Tensor | None = None,
+                  sample: tuple | None = None) -> TiltedResult:
     """Unlearn ``forget`` from ``w_trained`` by tilted Gauss-Newton steps (module docstring).
 
     ``curvature``: a frozen curvature (e.g. :class:`FrozenCurvature` of the prepared CE ``Unlearner``) used for every
@@ -252,6 +261,9 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     ``start``: (plain objective, a given ridge) start the steps from ``w_trained + start`` instead of ``w_trained`` —
     the warm start of a re-solve with another ridge (:mod:`fastntk.update.backoff`); no gradient pass at ``w_trained``
     (``grad_forget_norm`` is NaN), the stopping rule measured from the first step taken there.
+    ``sample``: ``(indices into D_r, memo)`` — where one tilted step is all that runs, score it on these retain samples
+    only (:func:`one_step_sample`: no gradient pass over all of ``D_r``); ``memo`` collects the evaluations on them (the
+    do-no-harm check's, when they are its sample).
     """
     t0 = time.perf_counter()
     (X_r, y_r), (X_f, y_f) = retain, forget
@@ -270,6 +282,13 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
         newton = dataclasses.replace(newton, warmup=None)
     n_warm, warm_why = warmup_size(newton, jac, int(X_r.shape[0]), fixed_point_exact)
     obj_r = NetworkObjective(peft, X_r, y_r, loss=loss, target_scale=target_scale, batch_size=batch_size, memo=memo)
+    use_sample, ls_why = one_step_sample(sample, tilt=tilt, newton=newton, ridge=ridge, start=start, warmup=n_warm,
+                                         n_r=int(X_r.shape[0]))
+    if use_sample:  # the retain data term and the tilt on the sample S (× n_r/|S|): ∇F_S(w_t) = −g_f still
+        idx = torch.as_tensor(sample[0])
+        obj_r = NetworkObjective(peft, X_r[idx], y_r[idx], loss=loss, target_scale=target_scale, batch_size=batch_size,
+                                 memo=sample[1], weight=int(X_r.shape[0]) / int(idx.numel()))
+        memo = {}
     if start is not None:  # the steps start at w_trained + start: nothing is needed at w_trained
         L_r = g_r = g_f = None
     elif n_warm and ridge != "stationarity":  # the warm-up starts on its subsample: ∇L_r(w_t) is not needed, only L_r(w_t)
@@ -284,6 +303,8 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     lam, rinfo = _select_ridge(ridge, None if g_r is None else g_r + g_f, w_trained, center, steps, int(X_r.shape[0]))
     F_r, first = _retain_objective(peft, X_r, y_r, loss, target_scale, batch_size, lam, center, w_trained, L_r, g_r, g_f, tilt,
                                    memo)
+    if use_sample:
+        F_r = dataclasses.replace(F_r, X=obj_r.X, y=obj_r.y, weight=obj_r.weight, memo=obj_r.memo)  # L_r, g_r: × n_r/|S|
     steps.lam = lam
     if n_warm:
         w, delta, rep, winfo = _warm_then_full(F_r, first, steps, newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
@@ -302,7 +323,33 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
                         timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
                         sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
-                        curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo)
+                        curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo,
+                        line_search=ls_why)
+
+
+#: what a one-step tilted request scored on the retain sample records (one_step_sample)
+ONE_STEP_SAMPLE_WHY = ("the step's line search on the do-no-harm check's retain sample S ({m} of {n_r}), the tilted objective's "
+                       "data term and tilt taken on S × n_r/|S| (an unbiased estimate of the change of F_r; ∇F_S(w_t) = −g_f "
+                       "as on all of D_r, so the step is the same): no gradient pass over all of D_r, and the check "
+                       "re-scores nothing")
+
+
+def one_step_sample(sample, *, tilt: bool, newton: NewtonOptions, ridge, start, warmup: int, n_r: int) -> tuple[bool, str]:
+    """Whether a tilted request scores its step on the retain sample ``sample = (indices, memo)`` instead of all of
+    ``D_r``, and why.  Only one step needs nothing else of ``D_r``: its direction ``(G_r + λI)⁻¹ g_f`` uses the
+    curvature (its own samples) and ``g_f``; the line search needs ``F_r(w_t + t·s) − F_r(w_t)``, whose data term and tilt
+    ``Σ_S [ℓ_i(w_t + t·s) − ℓ_i(w_t) − t·∇ℓ_i(w_t)·s]·n_r/|S|`` a uniform sample estimates without bias.  A second step
+    would need ``∇F_r`` at the new weights, hence all of ``D_r``; the stationarity ridge needs ``∇L_D``."""
+    if sample is None:
+        return False, "the step scored on all of D_r"
+    m = int(len(sample[0]))
+    if m >= n_r:
+        return False, f"the step scored on all of D_r (the do-no-harm sample is all of it, {n_r} samples)"
+    if not tilt or newton.max_steps != 1 or start is not None or warmup or ridge == "stationarity":
+        return False, ("the step scored on all of D_r: " + ("the plain retain objective" if not tilt else
+                       "more than one Newton step (each needs ∇F_r on all of D_r)" if newton.max_steps != 1 else
+                       "the stationarity ridge needs ∇L_D" if ridge == "stationarity" else "a warm start or warm-up"))
+    return True, ONE_STEP_SAMPLE_WHY.format(m=m, n_r=n_r)
 
 
 def warmup_size(newton: NewtonOptions, jac: JacobianOptions, n_r: int, fixed_point_exact: bool) -> tuple[int, str]:
@@ -416,6 +463,7 @@ class _StepSolver:
         self.src = None  # the current curvature source (kept across steps when frozen)
         self.factor = None
         self.gate = None  # the gated sketch's verdict at step 1 (None: no gate; else a dict with "accepted")
+        self.first_x = None  # (source, x, method): the half-sketch estimate's whole-sketch solve of step 1, reused as the step
         self.info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0}
 
     def _source(self, w, step: int = 1):
@@ -432,9 +480,7 @@ class _StepSolver:
     def _gate(self, src, g, w):
         """Step 1 of a gated sketch: its half-sketch estimate decides between the sketch and the exact ``J̃``; returns
         the source for the step and the estimate to report (``None`` when the sketch was rejected)."""
-        t_e = time.perf_counter()
-        est = sketch_error(src, g, self.lam)
-        self.info["error estimate"] = self.info.get("error estimate", 0.0) + time.perf_counter() - t_e
+        est = self._estimate(src, g)
         e = None if est is None else est.get("estimated_relative_error")
         ok = e is not None and e <= GATE_MAX_ERROR
         why = (f"gated sketch accepted: estimated error {e:.3g} ≤ {GATE_MAX_ERROR:g}" if ok else
@@ -444,7 +490,41 @@ class _StepSolver:
         log.info("fastntk: %s", why)
         if ok:
             return src, dict(est, gate=why)
+        self.first_x = None
         return self._source(w, 1), None
+
+    def _estimate(self, src, g):
+        """The half-sketch estimate of step 1 (its seconds in ``info["error estimate"]``); its whole-sketch solve is kept
+        in ``first_x`` for the step itself."""
+        t_e = time.perf_counter()
+        est, x = sketch_estimate(src, g, self.lam)
+        self.first_x = None if x is None else (src, *x)
+        self.info["error estimate"] = self.info.get("error estimate", 0.0) + time.perf_counter() - t_e
+        return est
+
+    def _reuse_first(self, src, g, mu: float, name: str):
+        """Step 1's solve from the half-sketch estimate (same sketch, right-hand side and ``λ``; no LM damping yet; a
+        solver the caller forced is respected), when its true residual meets the solve tolerance: ``(x, how)``, recorded
+        like a direct solve; else ``None``."""
+        first, self.first_x = self.first_x, None
+        if first is None or first[0] is not src or float(mu) != 0.0:
+            return None
+        method = first[2]
+        if (self.jac.solver == "cg" and method != "cg") or (self.jac.solver == "direct" and method != "cholesky"):
+            return None
+        from ..operators.sketch import _jtv, _jv
+
+        t = time.perf_counter()
+        x = first[1].double()
+        gd = g.double()
+        res, bn = float((_jtv(src.J, _jv(src.J, x)) + self.lam * x - gd).norm()), float(gd.norm())
+        if not res <= max(self.ctx.rtol * bn, 1e3 * torch.finfo(torch.float64).eps * bn):
+            return None
+        how = ("direct Cholesky" if method == "cholesky" else "conjugate gradients (matrix-free)") + (
+            " of the whole sketch, the solve the half-sketch error estimate made (step 1 needs none of its own)")
+        record_direct(self.ctx.solves, name, x, residual=res, rhs_norm=bn, tolerance=self.ctx.rtol * bn, t0=t,
+                      method=how, matvecs=2)
+        return x.to(g.dtype), how
 
     def _direct(self, src) -> bool:
         """Solve ``(G + λI) s = g`` of ``src`` by a direct Cholesky (cached J and ``solver='direct'``, or ``'auto'`` with
@@ -493,17 +573,19 @@ class _StepSolver:
                               "why": "not estimated: the sketch only preconditions steps whose fixed point uses exact gradients "
                                      "(the plain retain objective), so its error is not the update's"}
         elif k == 1 and "sketch" not in info:
-            t_e = time.perf_counter()
-            info["sketch"] = sketch_error(src, g, self.lam)
-            info["error estimate"] = time.perf_counter() - t_e
+            info["sketch"] = self._estimate(src, g)
         info["strategy"] = f"{src.strategy} ({getattr(src, 'reason', '')})"
         t = time.perf_counter()
         cached = hasattr(src, "J")
         if jac.solver == "direct" and not cached:
             raise InvalidInputError("solver='direct' needs the cached Jacobian (strategy='cached' or a larger memory_budget)")
         name = f"step {k}: (G_r(w) + λI) s = −∇F_r(w)"
+        reused = self._reuse_first(src, g, mu, name) if k == 1 else None
+        x = None if reused is None else reused[0]
         direct_ok = jac.solver == "direct" or (jac.solver == "auto" and cached)
-        if self.newton.curvature == "frozen" and direct_ok and (jac.solver == "direct" or src.p <= int(jac.direct_limit)):
+        if reused is not None:
+            info["solver"] = reused[1]
+        elif self.newton.curvature == "frozen" and direct_ok and (jac.solver == "direct" or src.p <= int(jac.direct_limit)):
             if self.factor is None:  # G_r(w_t) and its Cholesky factor, once for every step
                 self.factor = FrozenCurvature.from_source(src)
             info["solver"] = f"direct Cholesky of G_r(w_t) + λI (p = {src.p}), factored once (curvature='frozen')"
