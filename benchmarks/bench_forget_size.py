@@ -93,7 +93,7 @@ def _dual_estimate(S, lam, r_idx, budget) -> dict:
 
 def _point(S, lam, spec, args, log) -> dict:
     r_idx, f_idx = S.split(spec)
-    n_r, n_f, C, p = r_idx.size, f_idx.size, S.k, S.peft.p
+    n_r, n_f, C = r_idx.size, f_idx.size, S.k
     label = f"random {100 * spec[1]:g} %" if spec[0] == "random" else f"class × {len(spec[1])} ({', '.join(map(str, spec[1]))})"
     row = {"forget": label, "kind": spec[0], "spec": spec[1] if spec[0] == "random" else list(spec[1]), "n_retain": int(n_r),
            "n_forget": int(n_f), "fraction": n_f / S.n, "runs": {}, "skipped": {}}

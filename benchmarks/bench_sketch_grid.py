@@ -63,7 +63,7 @@ def run_one(args, model, loss, scen, seed) -> dict:
            "runs": {}}
     kw = dict(trained_with=loss, w0=e.w0, check_overlap=False, memory_budget=cfg.memory_budget)
 
-    def one(name, **extra):
+    def one(name, e=e, **extra):  # e bound here: the enclosing scope deletes it at the end
         e.peft.write(e.w_trained)
         t = time.perf_counter()
         res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), **kw, **extra)

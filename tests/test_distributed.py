@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fastntk.operators import GGNLinearOperator, StreamingJacobian
+from fastntk.operators import StreamingJacobian
 from fastntk.peft import BatchNormPeft
 from fastntk.unlearn import unlearn
 from tests.conftest import tiny_bn_cnn

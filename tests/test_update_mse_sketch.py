@@ -74,7 +74,7 @@ def test_auto_sketches_only_when_the_exact_jacobian_does_not_fit():
     small = unlearn(m, peft, retain, forget, ridge=0.3, w0=w0, memory_budget=need // 4, **KW)
     assert small.plan["curvature_source"]["value"] == "sketch" and "does not fit" in small.plan["curvature_source"]["reason"]
     assert small.plan["form"]["value"] == "primal"
-    k, m_ = 2, None
+    k = 2
     assert f"k = {k} rows per sample" in small.plan["curvature_source"]["reason"]
     big = unlearn(m, peft, retain, forget, ridge=0.3, w0=w0, memory_budget=10 * need, **KW)
     assert big.plan["curvature_source"]["value"] == "exact"
