@@ -420,3 +420,21 @@ def test_streamed_sketch_allocates_nothing_of_size_nC_p():
     assert sk.J.numel() == n * peft.p
     assert mode.largest < nCp, (mode.largest, nCp)
     assert mode.largest <= max(sk.J.numel(), batch * 4 * 6 * 6 * 8)  # the k=1 rows, or one batch of activations
+
+
+def test_merged_sketch_is_the_weighted_average_of_its_parts():
+    """Two subsampled sketches of the same samples joined: G̃ = (m₁G̃₁ + m₂G̃₂)/(m₁ + m₂) (float64, exact), rows scaled to
+    √(n/(m₁ + m₂)), halves still available; sketches of other samples or of all samples are refused."""
+    peft = CASES["bn-cnn+head"]
+    X = _X(20, seed=16)
+    a = SketchedJacobian(peft, X, k=2, m=6, seed=1)
+    b = SketchedJacobian(peft, X, k=2, m=4, seed=2)
+    ab = a.merged(b)
+    assert ab.n == 10 and ab.weight == pytest.approx(math.sqrt(20 / 10)) and "grown: 6 + 4 draws" in ab.reason
+    torch.testing.assert_close(ab.gram(), (6 * a.gram() + 4 * b.gram()) / 10, rtol=1e-12, atol=1e-12)
+    h1, h2 = ab.halves()
+    torch.testing.assert_close((h1.gram() + h2.gram()) / 2, ab.gram(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(InvalidInputError):
+        a.merged(SketchedJacobian(peft, X[:10], k=2, m=4, seed=3))
+    with pytest.raises(InvalidInputError):
+        a.merged(SketchedJacobian(peft, X, k=2, seed=3))

@@ -334,6 +334,17 @@ def test_prepared_ce_unlearner_first_step_equals_one_shot_and_sequences_commit()
     chk, ref = req.info["harm_check"], NetworkObjective(peft, X[r], y[r], loss="ce")  # the reused figures are the true ones
     assert chk["loss_after"] == pytest.approx(ref.data_loss(req.w_new)[0] / r.size, rel=1e-12)
     assert chk["loss_before"] == pytest.approx(ref.data_loss(req.w_old)[0] / r.size, rel=1e-12)
+    # a check sample smaller than D_r: the one step is scored there, the same update, and the check's figures are true
+    u_s = Unlearner(m, peft, (X, y), trained_with="ce", w0=w0, newton=NewtonOptions(max_steps=1), rtol=1e-12,
+                    harm=HarmTolerance(samples=12))
+    req_s = u_s.forget(f)
+    assert "(12 of 30)" in req_s.reasons["line_search_sample"] and req_s.info["newton"]["history"][0]["t"] == 1.0
+    np.testing.assert_allclose(req_s.delta.numpy(), req.delta.numpy(), rtol=0, atol=1e-10 * float(req.delta.abs().max()))
+    from fastntk.update.guard import retain_sample
+
+    s12 = torch.as_tensor(retain_sample(r.size, 12))
+    ref12 = NetworkObjective(peft, X[r][s12], y[r][s12], loss="ce")
+    assert req_s.info["harm_check"]["loss_after"] == pytest.approx(ref12.data_loss(req_s.w_new)[0] / 12, rel=1e-12)
     w_before = u.w.clone()
     from fastntk.errors import ForgetSetError
 
@@ -832,3 +843,31 @@ def test_the_sampled_tilted_objective_has_the_forget_gradient_at_the_trained_wei
     F0, F1 = F_S.value(wt), F_S.value(res.w)
     h = res.newton.history[0]
     assert h["objective_before"] == pytest.approx(F0, rel=1e-12) and h["objective_after"] == pytest.approx(F1, rel=1e-12)
+
+
+def test_a_rejected_gated_sketch_is_grown_before_the_exact_curvature(monkeypatch):
+    """Above GATE_MAX_ERROR the gated sketch is first grown by m·((e/GATE_MAX_ERROR)²·1.2 − 1) more draws (error ∝
+    1/√draws) when that stays under GATE_GROW_MAX of the exact J̃'s rows; it is kept if its new estimate passes, else the
+    exact J̃ runs (the update then equals the exact one). Too large a growth goes to the exact J̃ at once."""
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12, harm=HarmTolerance(enabled=False))
+    exact = unlearn(m, peft, retain, forget, curvature_source="exact", **kw)
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 10.0)
+    e1 = unlearn(m, peft, retain, forget, **kw).info["sketch"]["estimated_relative_error"]
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", e1 / 1.05)
+    res = unlearn(m, peft, retain, forget, **kw)
+    reason = res.plan["curvature_source"]["reason"]
+    add = int(np.ceil(136 * 1.05 ** 2 * 1.2)) - 136
+    add += add % 2
+    assert f"{add} more" in reason or f"{add} more" in res.info["sketch"]["gate"]
+    if res.plan["curvature_source"]["value"] == "sketch":  # kept: the grown sketch ran, its estimate under the bar
+        assert res.info["sketch"]["gate"].startswith("gated sketch grown") and ": kept" in res.info["sketch"]["gate"]
+        assert f"grown: 136 + {add} draws" in reason and res.info["sketch"]["estimated_relative_error"] <= e1 / 1.05
+    else:
+        assert "still >" in reason
+        np.testing.assert_allclose(res.delta.numpy(), exact.delta.numpy(), rtol=0, atol=1e-10 * float(exact.delta.abs().max()))
+    monkeypatch.setattr(tilted, "GATE_GROW_MAX", 1e-3)
+    res = unlearn(m, peft, retain, forget, **kw)
+    assert res.plan["curvature_source"]["value"] == "exact" and "grown" not in res.plan["curvature_source"]["reason"]

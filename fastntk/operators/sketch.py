@@ -189,6 +189,24 @@ class SketchedJacobian(_MatrixSource):
         """``f(x_i; w̄)`` (m, C) of the sketched samples ``index`` (from the build's forward passes)."""
         return self.meta.outputs
 
+    def merged(self, other: "SketchedJacobian") -> "SketchedJacobian":
+        """The sketch of both subsamples' draws together (``m₁ + m₂`` independent draws of the same ``n`` samples, ``k``,
+        kind and loss): rows rescaled to ``√(n/(m₁ + m₂))``, so ``G̃ = (m₁G̃₁ + m₂G̃₂)/(m₁ + m₂)`` stays unbiased — a sketch
+        grown by more draws instead of drawn again."""
+        if not (self.n < self.n_total and other.n < other.n_total):
+            raise InvalidInputError("merged() joins subsampled sketches (m < n draws with replacement)")
+        if (other.n_total, other.k, other.kind, other.loss, other.p) != (self.n_total, self.k, self.kind, self.loss, self.p):
+            raise InvalidInputError("merged() needs sketches of the same samples, k, kind, loss and p")
+        m = self.n + other.n
+        w = math.sqrt(self.n_total / m)
+        J = torch.cat([self.J * (w / self.weight), other.J.to(self.J.device, self.J.dtype) * (w / other.weight)])
+        meta = _Meta(self.n_total, torch.cat([self.index, other.index]),
+                     torch.cat([self.meta.outputs, other.meta.outputs.to(self.meta.outputs.device)]), w)
+        out = self._like(J, self.k, meta)
+        out.build_seconds = self.build_seconds + other.build_seconds
+        out.reason += f" (grown: {self.n} + {other.n} draws, seeds {self.seed} and {other.seed})"
+        return out
+
     def subset(self, idx) -> "SketchedJacobian":
         """The rows of the sketched samples at positions ``idx`` (into ``index``), weights kept.  The subset of a
         sketch of all samples is the sketch of all of the subset's samples (``n_total = len(idx)``: its

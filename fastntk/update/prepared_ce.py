@@ -91,14 +91,15 @@ class CEUnlearner(RequestStream):
         ctx = SolveContext(rtol=self.rtol, maxiter=None, preconditioner="none", precond_rank=0, backend="auto", callback=None,
                            on_fail="raise", progress=False)
         curv = FrozenCurvature(self.G_D, self.trace_D, self._rows(all_f))
-        def run(lam, start=None):
-            return tilted_newton(self.peft, (X_r, y_r), (X_f, y_f), w_trained=self.w, w0=self.w0, loss="ce", ridge=lam,
-                                 newton=newton, jac=JacobianOptions(), ctx=ctx, tilt=anchor == "trained", curvature=curv,
-                                 start=start)
-
-        r0 = r = run(self.ridge)
         s = torch.as_tensor(retain_sample(X_r.shape[0], self.harm.samples))
         check_memo = {}  # the check's evaluations on its sample (when it is not all of D_r)
+
+        def run(lam, start=None):  # one tilted step scores its line search on the check's sample (tilted.one_step_sample)
+            return tilted_newton(self.peft, (X_r, y_r), (X_f, y_f), w_trained=self.w, w0=self.w0, loss="ce", ridge=lam,
+                                 newton=newton, jac=JacobianOptions(), ctx=ctx, tilt=anchor == "trained", curvature=curv,
+                                 start=start, sample=(s.numpy(), check_memo))
+
+        r0 = r = run(self.ridge)
 
         def check_objective(res):  # the whole retain set: the iteration's evaluations serve
             return NetworkObjective(self.peft, X_r[s], y_r[s], loss="ce",
@@ -114,7 +115,7 @@ class CEUnlearner(RequestStream):
         steps = backoff["steps"] if backoff["used"] else r.newton.steps
         reasons = {"anchor": why, "ridge": r0.ridge_info["rule"] + f": λ = {r0.ridge:.4g}" +
                    (f"; {backoff['why']}" if backoff["used"] else ""), "solver": r.solver,
-                   "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}",
+                   "stop": f"{r.newton.steps} Newton step(s): {r.newton.stop_reason}", "line_search_sample": r0.line_search,
                    "form": "prepared CE Unlearner: Newton iteration with the curvature frozen at the prepared weights"}
         res = UnlearnResult(delta=delta, w_new=w_new, w_old=self.w.clone(), form="primal", strategy="cached",
                             space="primal", loss="ce", scale=chk.scale, reasons=reasons, solves=ctx.solves, timings=timings,

@@ -53,6 +53,10 @@ PRECONDITIONING_SKETCH_M = (0.25, 256)
 GATED_SKETCH_K, GATED_SKETCH_M, GATE_MAX_ERROR = 2, 0.5, 0.3
 #: the gate needs at least this many samples in D_r (smaller: the exact J̃ is cheap anyway)
 GATE_MIN_SAMPLES = 256
+#: a rejected gated sketch is first grown by more draws (error ∝ 1/√draws: m·(e/GATE_MAX_ERROR)²·GATE_GROW_MARGIN draws
+#: in all) when those rows are at most GATE_GROW_MAX of the exact J̃'s C·n_r rows (and at most n_r more draws); its
+#: estimate is taken again, and only a grown sketch still above GATE_MAX_ERROR gives way to the exact J̃
+GATE_GROW_MARGIN, GATE_GROW_MAX = 1.2, 0.5
 
 #: the subsampled warm-up (NewtonOptions.warmup) takes at least this many samples of D_r (or all of them), and runs only
 #: where it takes at most half of D_r (smaller sets: the saving would not pay for the extra full steps)
@@ -486,12 +490,44 @@ class _StepSolver:
         why = (f"gated sketch accepted: estimated error {e:.3g} ≤ {GATE_MAX_ERROR:g}" if ok else
                "gated sketch rejected: " + (f"estimated error {e:.3g} > {GATE_MAX_ERROR:g}" if e is not None
                                             else f"no estimate ({(est or {}).get('why', 'no halves')})"))
+        grown = None if ok or e is None else self._grow(src, g, w, e)
+        if grown is not None:
+            src, est, ok, why = grown
+            e = est.get("estimated_relative_error")
         self.gate = {"accepted": ok, "estimate": e, "why": why}
         log.info("fastntk: %s", why)
         if ok:
             return src, dict(est, gate=why)
         self.first_x = None
         return self._source(w, 1), None
+
+    def _grow(self, src, g, w, e: float):
+        """A rejected gated sketch grown by more draws (:data:`GATE_GROW_MARGIN`, :data:`GATE_GROW_MAX`):
+        ``(sketch, estimate, accepted, why)``, or ``None`` when the predicted size is not worth it (the exact J̃ then)."""
+        from ..operators import SketchedJacobian
+
+        m, n_r = int(src.n), int(src.n_total)
+        need = int(math.ceil(m * (e / GATE_MAX_ERROR) ** 2 * GATE_GROW_MARGIN))
+        add = need - m + (need - m) % 2  # even: the halves split the draws
+        if m >= n_r or add > n_r or src.k * (m + add) > GATE_GROW_MAX * self.C * n_r:
+            return None
+        t = time.perf_counter()
+        more = SketchedJacobian(self.peft, self.X_r, k=src.k, kind=src.kind, loss=self.loss, w=w, m=add,
+                                batch_size=self.jac.batch_size, seed=int(self.jac.sketch_seed) + 7919, engine=src.engine)
+        big = src.merged(more)
+        del more
+        self.info["jacobian"] += time.perf_counter() - t
+        est = self._estimate(big, g)
+        e2 = None if est is None else est.get("estimated_relative_error")
+        ok = e2 is not None and e2 <= GATE_MAX_ERROR
+        why = (f"gated sketch grown: estimated error {e:.3g} > {GATE_MAX_ERROR:g} on {m} draws, so {add} more (error ∝ "
+               f"1/√draws: {m + add} in all, {src.k * (m + add)} rows against the exact J̃'s {self.C * n_r}); estimated error "
+               + (f"{e2:.3g} ≤ {GATE_MAX_ERROR:g}: kept" if ok else
+                  (f"{e2:.3g}" if e2 is not None else "unavailable") + f", still > {GATE_MAX_ERROR:g}: rejected"))
+        big.reason, big.gated = f"{src.reason}; {why} ({big.reason})", True
+        if ok:
+            self.info["curvature"] = big.reason
+        return big, est, ok, why
 
     def _estimate(self, src, g):
         """The half-sketch estimate of step 1 (its seconds in ``info["error estimate"]``); its whole-sketch solve is kept
