@@ -16,6 +16,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_cost_cnn", "CE random 10 %, cost of the current default (one tilted step; the half-sketch estimate's solve reused as the step), small CNN, seeds 0–2 (the same setups as ce_default, whose random rows ran the growth-tested iteration and a separate step solve)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --scenarios random --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --baselines --name ce_cost_cnn"),
+    ("ce_cost_other", "The same on the ViT with prompts, resnet10t and resnet18 (2k images; before the gated sketch was grown on rejection: resnet10t seed 0 and resnet18 seeds 0 and 1 built the exact J̃)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny resnet10t resnet18 --limit 2000 --scenarios random --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --baselines --name ce_cost_other"),
+    ("ce_grow_r10", "A rejected gated sketch grown by more draws instead of the exact J̃: resnet10t, random seed 0 (its gated sketch's estimate 0.41)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet10t --limit 2000 --scenarios random --random-seeds 0 --variants 'Fast-NTK (default)' --baselines --name ce_grow_r10"),
+    ("ce_grow_r18", "The same, resnet18, random seed 1 (estimate 0.34)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models resnet18 --limit 2000 --scenarios random --random-seeds 1 --variants 'Fast-NTK (default)' --baselines --name ce_grow_r18"),
+    ("scaling_ce_resnet18_sampled", "One-shot CE unlearning of resnet18 BN + head at n = 15k and 60k (random 10 %, sketch m = 8192, k = 2), 2 threads: the one step scored on the do-no-harm check's 4096 retain samples, the estimate's solve reused (the series below ran before both)",
+     "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 15000 60000 --models resnet18 --trained-with ce --sketch-m 8192 --budget 3e9 --threads 2 --name scaling_ce_resnet18_sampled"),
     ("ce_default", "CE, the current default on four families (small CNN 3k; ViT with prompts, resnet10t, resnet18 at 2k) with FT / GA / NegGrad+: three classes each, random 10 % (three seeds each; the growth-tested iteration of the time — one Newton step is the default since, the same update on 13 of 17 random requests, ce_onestep_*), and issue 12's targets per request",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --classes 0 1 2 --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --name ce_default_cnn  # likewise --models fastntk_vit_tiny --limit 2000 (ce_default_vit), --models resnet10t --limit 2000 --random-seeds 0 (ce_default_r10), --models resnet18 --limit 2000 --random-seeds 0 (ce_default_r18), --models resnet10t / resnet18 --limit 2000 --random-seeds 1 2 --scenarios random (ce_default_r10_random12, ce_default_r18_random12); then --resummarize the six JSON files --name ce_default. The CNN and ViT runs ran before the ridge back-off (it does not change them: no class request there fails its test), the ResNet runs with it"),
     ("ce_backoff_vit", "The do-no-harm ridge back-off, ViT with prompts: the default, without the back-off, and the automatic ridge ×4 with and without it",
