@@ -871,3 +871,31 @@ def test_a_rejected_gated_sketch_is_grown_before_the_exact_curvature(monkeypatch
     monkeypatch.setattr(tilted, "GATE_GROW_MAX", 1e-3)
     res = unlearn(m, peft, retain, forget, **kw)
     assert res.plan["curvature_source"]["value"] == "exact" and "grown" not in res.plan["curvature_source"]["reason"]
+
+
+def test_where_the_exact_curvature_does_not_fit_the_gated_sketch_grows_within_the_memory_budget(monkeypatch):
+    """The exact J̃ over memory_budget: the tilted route's gated sketch starts on min(n_r/2, GATE_START_MAX, cap) draws and
+    grows by its estimate up to cap = half of the draws that fit the budget; with nothing to fall back to, the largest
+    sketch is kept and says so.  A sketch that already passes is kept at its start."""
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    n_r, p = retain[0].shape[0], peft.p
+    budget = 5000 * p  # bytes: k = 2 rows of 312 draws fit (float64), the exact J̃'s 270·3 rows do not
+    kw = dict(trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12, harm=HarmTolerance(enabled=False),
+              memory_budget=budget)
+    assert tilted._scale_gate(tilted.JacobianOptions(memory_budget=budget), n_r, p, torch.float64) == (136, 156)
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 10.0)
+    easy = unlearn(m, peft, retain, forget, **kw)
+    reason = easy.plan["curvature_source"]["reason"]
+    assert easy.plan["curvature_source"]["value"] == "sketch" and "grown:" not in reason and "m=136 of n=270" in reason
+    assert "at most to 156 draws" in reason and easy.info["sketch"]["gate"].startswith("gated sketch accepted")
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 1e-6)
+    hard = unlearn(m, peft, retain, forget, **kw)
+    reason = hard.plan["curvature_source"]["reason"]
+    assert hard.plan["curvature_source"]["value"] == "sketch" and "grown: 136 + 20 draws" in reason
+    assert "kept: the exact J̃ does not fit memory_budget" in reason
+    assert hard.info["sketch"]["estimated_relative_error"] > 1e-6
+    monkeypatch.setattr(tilted, "GATE_START_MAX", 10_000)
+    forced = unlearn(m, peft, retain, forget, sketch_m=100, **kw)  # a forced size: no gate
+    assert "gated" not in forced.plan["curvature_source"]["reason"] and "m=100 of n=270" in forced.plan["curvature_source"]["reason"]
