@@ -438,3 +438,33 @@ def test_merged_sketch_is_the_weighted_average_of_its_parts():
         a.merged(SketchedJacobian(peft, X[:10], k=2, m=4, seed=3))
     with pytest.raises(InvalidInputError):
         a.merged(SketchedJacobian(peft, X, k=2, seed=3))
+
+
+@pytest.mark.parametrize("n", [16, 200])
+def test_float32_rows_take_float32_grams_and_a_refined_whole_sketch_solve(n):
+    """Float32 sketch rows: the Grams by float32 GEMM, the factors in float64; the whole sketch's solve refined until its
+    true residual (float64 products of the stored rows) is ≤ REFINE_RTOL, the halves' solves within 1e-3 of their exact
+    solves (the float32 Gram's rounding times the conditioning: an error estimate needs no more), in both spaces."""
+    from fastntk.operators import sketch as SK
+
+    peft = CASES["bn-cnn+head"]
+    X = _X(n, seed=17)
+    sk = SketchedJacobian(peft, X, k=2, seed=3)
+    a, bb = sk.halves()
+    a.J, bb.J = a.J.float(), bb.J.float()
+    b = torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    got = half_sketch_error((a, bb), b, 0.2)
+
+    def exact(J):  # the exact float64 solve of the stored rows
+        J = J.double()
+        return torch.linalg.solve(J.T @ J + 0.2 * torch.eye(peft.p, dtype=torch.float64), b)
+
+    J = torch.cat([a.J, bb.J]).double() / math.sqrt(2.0)
+    x = exact(J)
+    res = J.T @ (J @ got.x) + 0.2 * got.x - b
+    assert float(res.norm()) <= SK.REFINE_RTOL * float(b.norm())
+    assert float((got.x - x).norm()) <= 1e-4 * float(x.norm())
+    x_a, x_b = exact(a.J), exact(bb.J)
+    for u, v in ((got.x_a, x_a), (got.x_b, x_b)):
+        assert float((u - v).norm()) <= 1e-3 * float(v.norm())
+    assert got.error == pytest.approx(float((x_a - x_b).norm()) / (2 * float(x.norm())), rel=1e-2)

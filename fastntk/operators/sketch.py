@@ -367,26 +367,67 @@ def _jtv(J, u, rows: int = 4096):
     return out
 
 
+#: float32 rows: the dense route's Grams by float32 GEMM (2.5× faster than float64 here, 1,620 × 8,437 rows: 0.30 vs
+#: 0.76 s), the Cholesky factors in float64, and the whole sketch's solve (the first Newton step) refined against the
+#: float64 products of the rows until its relative residual is below this (at most REFINE_STEPS refinements)
+REFINE_RTOL, REFINE_STEPS = 1e-7, 3
+
+
+def _gram_blocks(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A Bᵀ`` as float64: float32 rows by float32 GEMM (rounding repaired by the caller's refinement), else
+    :func:`_cross64`."""
+    if A.dtype == torch.float32 and B.dtype == torch.float32:
+        return (A @ B.T).double()
+    return _cross64(A, B)
+
+
+def _gram_params(A: torch.Tensor) -> torch.Tensor:
+    if A.dtype == torch.float32:
+        return (A.T @ A).double()
+    return _rows_t_rows64(A)
+
+
 def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: float):
-    """``x_a, x_b, x`` of :func:`half_sketch_error` by dense float64 Cholesky, the three systems from the Gram work of
-    the whole sketch alone: kernel space (``2·rows < p``) ``K_aa, K_bb, K_ab`` give the whole sketch's
+    """``x_a, x_b, x`` of :func:`half_sketch_error` by dense Cholesky (float64 factors), the three systems from the Gram
+    work of the whole sketch alone: kernel space (``2·rows < p``) ``K_aa, K_bb, K_ab`` give the whole sketch's
     ``K = [[K_aa, K_ab], [K_ba, K_bb]]/2``; parameter space ``G = (G_a + G_b)/2``.  (Before, each half and the whole
-    were Grammed apart: twice the flops.)"""
+    were Grammed apart: twice the flops.)  Float32 rows: float32 Grams (:func:`_gram_blocks`); the halves' solves keep
+    their rounding (an error estimate needs no more), the whole sketch's solve is refined against the float64 products
+    of the rows (mixed-precision iterative refinement: it converges while ``‖ΔK‖ < λ``)."""
     rows, p = Ja.shape
     b = rhs.double().reshape(p, -1)
+    single = Ja.dtype == torch.float32 and Jb.dtype == torch.float32
+    # products inside the solves: in the rows' own precision for float32 rows (the refinement below repairs them)
+    mv = (lambda J, v: (J @ v.to(J.dtype)).double()) if single else _jv
+    tv = (lambda J, u: (J.T @ u.to(J.dtype)).double()) if single else _jtv
     if 2 * rows < p:
-        Kaa, Kbb, Kab = _cross64(Ja, Ja), _cross64(Jb, Jb), _cross64(Ja, Jb)
-        ya, yb = _jv(Ja, b), _jv(Jb, b)
-        x_a = (b - _jtv(Ja, torch.cholesky_solve(ya, _chol(Kaa, ridge)))) / ridge
-        x_b = (b - _jtv(Jb, torch.cholesky_solve(yb, _chol(Kbb, ridge)))) / ridge
-        K = torch.cat([torch.cat([Kaa, Kab], 1), torch.cat([Kab.T, Kbb], 1)]) * 0.5
-        z = torch.cholesky_solve(torch.cat([ya, yb]) / math.sqrt(2.0), _chol(K, ridge)) / math.sqrt(2.0)
-        x = (b - _jtv(Ja, z[:rows]) - _jtv(Jb, z[rows:])) / ridge
+        Kaa, Kbb, Kab = _gram_blocks(Ja, Ja), _gram_blocks(Jb, Jb), _gram_blocks(Ja, Jb)
+        ya, yb = mv(Ja, b), mv(Jb, b)
+        x_a = (b - tv(Ja, torch.cholesky_solve(ya, _chol(Kaa, ridge)))) / ridge
+        x_b = (b - tv(Jb, torch.cholesky_solve(yb, _chol(Kbb, ridge)))) / ridge
+        L = _chol(torch.cat([torch.cat([Kaa, Kab], 1), torch.cat([Kab.T, Kbb], 1)]) * 0.5, ridge)
+        del Kaa, Kbb, Kab
+
+        def solve(r):  # (JᵀJ + λI)⁻¹ r by push-through, J = [J_a; J_b]/√2
+            z = torch.cholesky_solve(torch.cat([mv(Ja, r), mv(Jb, r)]) / math.sqrt(2.0), L) / math.sqrt(2.0)
+            return (r - tv(Ja, z[:rows]) - tv(Jb, z[rows:])) / ridge
     else:
-        Ga, Gb = _rows_t_rows64(Ja), _rows_t_rows64(Jb)
+        Ga, Gb = _gram_params(Ja), _gram_params(Jb)
         x_a = torch.cholesky_solve(b, _chol(Ga, ridge))
         x_b = torch.cholesky_solve(b, _chol(Gb, ridge))
-        x = torch.cholesky_solve(b, _chol((Ga + Gb) * 0.5, ridge))
+        L = _chol((Ga + Gb) * 0.5, ridge)
+        del Ga, Gb
+
+        def solve(r):
+            return torch.cholesky_solve(r, L)
+    x = solve(b)
+    if single:
+        bn = max(float(b.norm()), 1e-300)
+        for _ in range(REFINE_STEPS):  # r = b − (JᵀJ + λI)x with the rows' exact float64 products
+            r = b - 0.5 * (_jtv(Ja, _jv(Ja, x)) + _jtv(Jb, _jv(Jb, x))) - ridge * x
+            if float(r.norm()) <= REFINE_RTOL * bn:
+                break
+            x = x + solve(r)
     shape = rhs.shape
     return x_a.reshape(shape), x_b.reshape(shape), x.reshape(shape)
 
