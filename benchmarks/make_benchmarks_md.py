@@ -16,6 +16,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
+    ("ce_random_now_cnn", "CE random 10 %, the default at the end of this session (shared Gram, reused step solve, float32 Grams, grown gated sketch), small CNN, seeds 0–2",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --scenarios random --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --baselines --name ce_random_now_cnn"),
+    ("ce_random_now_other", "The same on the ViT with prompts, resnet10t and resnet18 (2k images)",
+     "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_vit_tiny resnet10t resnet18 --limit 2000 --scenarios random --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --baselines --name ce_random_now_other"),
     ("ce_cost_cnn", "CE random 10 %, cost of the current default (one tilted step; the half-sketch estimate's solve reused as the step), small CNN, seeds 0–2 (the same setups as ce_default, whose random rows ran the growth-tested iteration and a separate step solve)",
      "OMP_NUM_THREADS=1 python benchmarks/bench_ce.py --models fastntk_cnn_small --scenarios random --random-seeds 0 1 2 --variants 'Fast-NTK (default)' --baselines --name ce_cost_cnn"),
     ("ce_cost_other", "The same on the ViT with prompts, resnet10t and resnet18 (2k images; before the gated sketch was grown on rejection: resnet10t seed 0 and resnet18 seeds 0 and 1 built the exact J̃)",

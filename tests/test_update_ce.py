@@ -899,3 +899,44 @@ def test_where_the_exact_curvature_does_not_fit_the_gated_sketch_grows_within_th
     monkeypatch.setattr(tilted, "GATE_START_MAX", 10_000)
     forced = unlearn(m, peft, retain, forget, sketch_m=100, **kw)  # a forced size: no gate
     assert "gated" not in forced.plan["curvature_source"]["reason"] and "m=100 of n=270" in forced.plan["curvature_source"]["reason"]
+
+
+def test_which_line_search_trials_carry_a_gradient_changes_the_cost_not_the_steps(monkeypatch):
+    """The plain retain objective's first full step is scored by value alone and a trial after a rejected full step with
+    its gradient (reused by the next step): bit-identical iterates to scoring every trial by value, with fewer passes
+    whenever a step is cut (the first full step of this class request is rejected)."""
+    import fastntk.update.newton as NW
+    import fastntk.update.tilted as TT
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    X_r, y_r = retain
+    keep = y_r != 0  # forget class 0: its retain samples leave with it
+    retain = (X_r[keep], y_r[keep])
+    forget = (torch.cat([forget[0], X_r[~keep]]), torch.cat([forget[1], y_r[~keep]]))
+    calls = {"value": 0, "value_and_grad": 0}
+    ov, ovg = NetworkObjective.value, NetworkObjective.value_and_grad
+
+    def value(self, w):
+        calls["value"] += self.memo is None or self.memo.get(self._key(w)) is None
+        return ov(self, w)
+
+    def value_and_grad(self, w):
+        calls["value_and_grad"] += 1
+        return ovg(self, w)
+
+    monkeypatch.setattr(NetworkObjective, "value", value)
+    monkeypatch.setattr(NetworkObjective, "value_and_grad", value_and_grad)
+    kw = dict(trained_with="ce", ridge=0.1, w0=w0, anchor="retain", rtol=1e-12, harm=HarmTolerance(enabled=False),
+              curvature_source="exact")
+    now = unlearn(m, peft, retain, forget, **kw)
+    now_calls = dict(calls)
+    assert now.info["newton"]["history"][0]["t"] < 1  # the case the change is for
+    orig_armijo, orig_gn = NW.armijo, TT.gauss_newton
+    monkeypatch.setattr(NW, "armijo", lambda *a, **k: orig_armijo(*a, **dict(k, grad_retry=False)))
+    monkeypatch.setattr(TT, "gauss_newton", lambda *a, **k: orig_gn(*a, **dict(k, first_by_value=False)))
+    calls.update(value=0, value_and_grad=0)
+    before = unlearn(m, peft, retain, forget, **kw)
+    assert torch.equal(now.delta, before.delta) and now.info["steps"] == before.info["steps"]
+    assert [h["t"] for h in now.info["newton"]["history"]] == [h["t"] for h in before.info["newton"]["history"]]
+    assert now_calls["value"] + now_calls["value_and_grad"] < calls["value"] + calls["value_and_grad"]
+    assert now_calls["value_and_grad"] <= calls["value_and_grad"]

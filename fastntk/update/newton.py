@@ -131,17 +131,21 @@ class NewtonReport:
 
 
 def armijo(objective: NetworkObjective, w: torch.Tensor, step: torch.Tensor, F0: float, slope: float,
-           opts: NewtonOptions, *, grad_first: bool = False, point: Callable | None = None) -> tuple[float, float, int, torch.Tensor | None]:
+           opts: NewtonOptions, *, grad_first: bool = False, grad_retry: bool = False,
+           point: Callable | None = None) -> tuple[float, float, int, torch.Tensor | None]:
     """Largest ``t = 2^-j`` with ``F(w + t·step) ≤ F0 + c1·t·slope``: ``(t, F(w + t·step), tries, ∇F or None)``;
     ``t = 0`` if none.  ``grad_first``: the full step ``t = 1`` is scored with one forward + backward pass, so that
     when it is accepted (the common case) the next Newton step reuses its gradient instead of another pass.
+    ``grad_retry``: so are the trials after a rejected full step (on the class requests of benchmarks/bench_ce.py a
+    halved step was accepted at its first halving on 24 of 27 damped steps; scoring it by value alone cost a second
+    forward pass at the accepted weights).  Which trials carry a gradient changes the cost, never the step.
     ``point(t)``: the trial weights for ``t`` (default ``w + t·step``; :func:`gauss_newton` forms them from its
     displacement so that the weights it returns are bit for bit those it evaluated)."""
     point = point or (lambda t_: w + t_ * step)
     t = 1.0
     for j in range(1, int(opts.max_backtracks) + 1):
         g = None
-        if j == 1 and grad_first:
+        if (j == 1 and grad_first) or (j > 1 and grad_retry):
             Ft, g = objective.value_and_grad(point(t))
         else:
             Ft = objective.value(point(t))
@@ -177,7 +181,8 @@ def converged(dec: float, dec0: float, drop: float, drop0: float, rho: float | N
 def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Callable, opts: NewtonOptions, *,
                  first: tuple[float, torch.Tensor] | None = None,
                  on_step: Callable | None = None, d_start: torch.Tensor | None = None,
-                 reference: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, NewtonReport]:
+                 reference: tuple[float, float] | None = None,
+                 first_by_value: bool = False) -> tuple[torch.Tensor, torch.Tensor, NewtonReport]:
     """Minimize ``objective`` from ``w_start`` by relinearized Gauss-Newton steps (module docstring).
 
     solve : ``solve(w, g, k) -> s`` with ``(G(w) + λI) s = g`` (the curvature at ``w``; ``k`` the step number,
@@ -186,6 +191,9 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
     d_start : start from ``w_start + d_start`` (the displacement of an earlier iteration, e.g. the subsampled warm-up;
         the iterates stay ``w_start + Δ_k``).  reference : ``(δ₁², drop₁)`` of that earlier iteration's first step: the
         stopping rule compares against them (and may stop after this iteration's first step) instead of its own.
+    first_by_value : score the first step's full length by value alone (its gradient pass only on a trial after it):
+        where that step is expected to be cut — the plain retain objective from the trained weights, whose first full
+        step was rejected on all 12 class requests of benchmarks/bench_ce.py (``ce_default``).  Cost only; the same steps.
     Returns ``(w, Δ, report)`` with ``w = w_start + Δ`` exactly as evaluated (the iterates are ``w_start + Δ_k``, the
     displacement accumulated, so that ``w_start + Δ`` reproduces the last evaluated weights bit for bit).
     """
@@ -196,7 +204,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
     F, g = objective.value_and_grad(w) if first is None else first
     dec0, drop0 = (None, None) if reference is None else (float(reference[0]), reference[1])
     dec_prev = None
-    lm, mu, lam, t_prev = opts.damping == "lm", 0.0, getattr(solve, "lam", None), 1.0
+    lm, mu, lam, t_prev = opts.damping == "lm", 0.0, getattr(solve, "lam", None), (0.5 if first_by_value else 1.0)
     probe = getattr(solve, "probe", None)
     for k in range(1, opts.max_steps + 1):
         if opts.stop_on_growth and dec_prev is not None and probe is not None:
@@ -232,7 +240,7 @@ def gauss_newton(objective: NetworkObjective, w_start: torch.Tensor, solve: Call
             # score the full step with its gradient (reused when accepted) unless the last full step was rejected or
             # this step is probably the last
             t, F_new, tries, g_new = armijo(objective, w, s, F, -dec, opts, grad_first=not likely_last and t_prev == 1.0,
-                                            point=lambda t_, d=d, s=s: origin + (d + t_ * s))
+                                            grad_retry=not likely_last, point=lambda t_, d=d, s=s: origin + (d + t_ * s))
             t_prev = t
         elif last:
             t, F_new, tries, g_new = 1.0, objective.value(origin + (d + s)), 1, None

@@ -347,7 +347,8 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     if n_warm:
         w, delta, rep, winfo = _warm_then_full(F_r, first, steps, newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
     else:
-        w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step, d_start=start)
+        w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step, d_start=start,
+                                     first_by_value=not tilt and start is None)
         winfo = None
         rep.warmup = {"used": False, "why": warm_why}
     info = steps.info
