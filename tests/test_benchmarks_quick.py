@@ -133,3 +133,20 @@ def test_trace_ce_ridge_quick(tmp_path):
     near = min(r["grid"], key=lambda g: abs(math.log(g["loss_Dr"] / tau)))
     assert r["loss_matched"] == {"mult": near["mult"], "gap": near["gap"]}
     assert os.path.isfile(tmp_path / "trace_ce_ridge_quick.png")
+
+
+def test_scale_recipe_quick(tmp_path):
+    """bench_scale_recipe --quick: fine-tuning and retraining by the early-stopped recipe, the unlearning between them,
+    every figure recorded and the three models scored."""
+    _run_quick("bench_scale_recipe.py", tmp_path, "--threads", "1")
+    d = _load(tmp_path, "scale_recipe_resnet18_60k_quick")
+    o = d["result"]
+    assert d["quick"] is True and o["n_images"] == 1500 and o["n_forget"] == o["n_train"] // 10
+    for k in ("finetune", "retrain"):
+        assert 1 <= o[k]["epochs_run"] <= 2 and _finite(o[k]["seconds"]) and len(o[k]["val_acc"]) == o[k]["epochs_run"]
+    u = o["unlearn"]
+    assert _finite(u["seconds"]) and _finite(u["gradient_passes"]) and _finite(u["x_retrain"]) and u["plan"]["stop"]
+    assert set(o["metrics"]) == {"original", "Fast-NTK (default)", "retrain"}
+    assert all(0 <= v[m] <= 1 for v in o["metrics"].values() for m in ("UA", "RA", "TA"))
+    md = (tmp_path / "scale_recipe_resnet18_60k_quick.md").read_text(encoding="utf-8")
+    assert "× the retraining" in md and "| retrain |" in md
