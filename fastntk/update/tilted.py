@@ -646,6 +646,7 @@ class _StepSolver:
         src = self.src if (self.src is not None and (k == 1 or self.newton.curvature == "frozen")) else self._source(w, k)
         if k == 1 and "sketch" not in info and getattr(src, "gated", False):
             src, info["sketch"] = self._gate(src, g, w)
+            self.src = src  # the source the gate settled on (grown, or exact): a frozen curvature keeps this one
         elif k == 1 and "sketch" not in info and self.fixed_point_exact and getattr(src, "strategy", "") == "sketch":
             info["sketch"] = {"estimated_relative_error": None,
                               "why": "not estimated: the sketch only preconditions steps whose fixed point uses exact gradients "
