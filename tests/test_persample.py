@@ -468,3 +468,28 @@ def test_float32_rows_take_float32_grams_and_a_refined_whole_sketch_solve(n):
     for u, v in ((got.x_a, x_a), (got.x_b, x_b)):
         assert float((u - v).norm()) <= 1e-3 * float(v.norm())
     assert got.error == pytest.approx(float((x_a - x_b).norm()) / (2 * float(x.norm())), rel=1e-2)
+
+
+def test_a_subsampled_sketch_is_halved_by_row_views_on_both_routes(monkeypatch):
+    """A subsample's halves are row views (scale 2, no copy): the dense and the CG route give the halves' and the whole
+    sketch's solves of the scaled copies that halves() makes (1e-10 dense, 1e-4 CG)."""
+    from fastntk.operators import sketch as SK
+
+    peft = CASES["bn-cnn+head"]
+    X = _X(40, seed=18)
+    sk = SketchedJacobian(peft, X, k=2, m=20, seed=4)
+    a, bb = sk.halves()
+    b = torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def solve(J):
+        J = J.double()
+        return torch.linalg.solve(J.T @ J + 0.4 * torch.eye(peft.p, dtype=torch.float64), b)
+
+    refs = (solve(a.J), solve(bb.J), solve(sk.J))
+    dense = half_sketch_error(sk, b, 0.4)
+    monkeypatch.setattr(SK, "DIRECT_HALF_LIMIT", 0)
+    cg = half_sketch_error(sk, b, 0.4)
+    assert dense.method == "cholesky" and cg.method == "cg"
+    for est, tol in ((dense, 1e-10), (cg, 1e-4)):
+        for got, ref in zip((est.x_a, est.x_b, est.x), refs):
+            assert float((got - ref).norm()) <= tol * float(ref.norm())

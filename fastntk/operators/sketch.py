@@ -199,7 +199,9 @@ class SketchedJacobian(_MatrixSource):
             raise InvalidInputError("merged() needs sketches of the same samples, k, kind, loss and p")
         m = self.n + other.n
         w = math.sqrt(self.n_total / m)
-        J = torch.cat([self.J * (w / self.weight), other.J.to(self.J.device, self.J.dtype) * (w / other.weight)])
+        J = torch.empty(m * self.k, self.p, dtype=self.J.dtype, device=self.J.device)  # no temporaries: peak = parts + J
+        torch.mul(self.J, w / self.weight, out=J[: self.J.shape[0]])
+        torch.mul(other.J.to(self.J.device, self.J.dtype), w / other.weight, out=J[self.J.shape[0]:])
         meta = _Meta(self.n_total, torch.cat([self.index, other.index]),
                      torch.cat([self.meta.outputs, other.meta.outputs.to(self.meta.outputs.device)]), w)
         out = self._like(J, self.k, meta)
@@ -387,13 +389,17 @@ def _gram_params(A: torch.Tensor) -> torch.Tensor:
     return _rows_t_rows64(A)
 
 
-def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: float):
+def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: float, scale: float = 1.0):
     """``x_a, x_b, x`` of :func:`half_sketch_error` by dense Cholesky (float64 factors), the three systems from the Gram
     work of the whole sketch alone: kernel space (``2·rows < p``) ``K_aa, K_bb, K_ab`` give the whole sketch's
     ``K = [[K_aa, K_ab], [K_ba, K_bb]]/2``; parameter space ``G = (G_a + G_b)/2``.  (Before, each half and the whole
     were Grammed apart: twice the flops.)  Float32 rows: float32 Grams (:func:`_gram_blocks`); the halves' solves keep
     their rounding (an error estimate needs no more), the whole sketch's solve is refined against the float64 products
-    of the rows (mixed-precision iterative refinement: it converges while ``‖ΔK‖ < λ``)."""
+    of the rows (mixed-precision iterative refinement: it converges while ``‖ΔK‖ < λ``).  ``scale``: the halves are
+    ``√scale·J_a`` and ``√scale·J_b`` (row views of a sketch, not scaled copies)."""
+    if scale != 1.0:  # fold √scale into the ridge: (s·AᵀA + λI)⁻¹ b = (AᵀA + (λ/s)I)⁻¹ b / s
+        x_a, x_b, x = _dense_halves(Ja, Jb, rhs, ridge / scale)
+        return x_a / scale, x_b / scale, x / scale
     rows, p = Ja.shape
     b = rhs.double().reshape(p, -1)
     single = Ja.dtype == torch.float32 and Jb.dtype == torch.float32
@@ -432,6 +438,19 @@ def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: 
     return x_a.reshape(shape), x_b.reshape(shape), x.reshape(shape)
 
 
+def _half_rows(sketch) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(J_a, J_b, s)``: the halves' rows are ``√s·J_a`` and ``√s·J_b``.  A subsample's halves are the two halves of its
+    draws, row *views* with ``s = 2`` (no copy of the sketch: at 60k images it is gigabytes); a sketch of all samples
+    splits its ``k`` columns (:meth:`SketchedJacobian.halves`, a copy); a pair ``(a, b)`` is taken as given."""
+    if isinstance(sketch, SketchedJacobian) and sketch.n < sketch.n_total:
+        if sketch.n % 2:
+            raise InvalidInputError(f"halves() of a subsampled sketch needs an even m, got m={sketch.n}")
+        h = (sketch.n // 2) * sketch.k
+        return sketch.J[:h], sketch.J[h:], 2.0
+    a, b = sketch.halves() if isinstance(sketch, SketchedJacobian) else tuple(sketch)
+    return a.J, b.J, 1.0
+
+
 def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEstimate:
     """Estimate the sketch error of the solve ``(G̃ + λI) x = rhs`` from two independent half-sketches.
 
@@ -452,21 +471,21 @@ def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEsti
     """
     if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge > 0):
         raise InvalidInputError(f"ridge must be a positive finite number, got {ridge!r}")
-    a, b = sketch.halves() if isinstance(sketch, SketchedJacobian) else tuple(sketch)
-    if a.J.shape != b.J.shape:
-        raise ShapeError(f"the two half-sketches must have the same shape, got {tuple(a.J.shape)} and {tuple(b.J.shape)}")
-    if not isinstance(rhs, torch.Tensor) or rhs.ndim not in (1, 2) or rhs.shape[0] != a.J.shape[1]:
-        raise ShapeError(f"rhs must be a tensor of shape (p={a.J.shape[1]},) or (p, r), got {getattr(rhs, 'shape', type(rhs).__name__)}")
-    rows, p = a.J.shape
+    Ja, Jb, sc = _half_rows(sketch)
+    if Ja.shape != Jb.shape:
+        raise ShapeError(f"the two half-sketches must have the same shape, got {tuple(Ja.shape)} and {tuple(Jb.shape)}")
+    if not isinstance(rhs, torch.Tensor) or rhs.ndim not in (1, 2) or rhs.shape[0] != Ja.shape[1]:
+        raise ShapeError(f"rhs must be a tensor of shape (p={Ja.shape[1]},) or (p, r), got {getattr(rhs, 'shape', type(rhs).__name__)}")
+    rows, p = Ja.shape
     method = "cholesky" if dense_is_cheap(2 * rows, p) else "cg"
     if method == "cholesky":  # small: dense Cholesky (float64), one Gram's worth of work for the three solves
-        x_a, x_b, x = _dense_halves(a.J, b.J, rhs, ridge)
+        x_a, x_b, x = _dense_halves(Ja, Jb, rhs, ridge, sc)
     else:
         if dense_is_cheap(rows, p):  # each half is small enough for its own dense Cholesky
-            x_a, x_b = ridge_solve(a.J, rhs, ridge), ridge_solve(b.J, rhs, ridge)
+            x_a, x_b = ridge_solve(Ja, rhs, ridge / sc) / sc, ridge_solve(Jb, rhs, ridge / sc) / sc
         else:  # large: matrix-free CG on the rows as stored (no float64 copy, no Gram: measured on resnet18, p = 14,730,
             # 2 × 8,192 rows: the dense route held ~9 GB and cost more than the whole unlearning)
-            x_a, x_b = _cg_ridge([a.J], rhs, ridge), _cg_ridge([b.J], rhs, ridge)
-        x = _cg_ridge([a.J, b.J], rhs, ridge, scale=0.5, x0=(x_a + x_b) * 0.5)
+            x_a, x_b = _cg_ridge([Ja], rhs, ridge, scale=sc), _cg_ridge([Jb], rhs, ridge, scale=sc)
+        x = _cg_ridge([Ja, Jb], rhs, ridge, scale=0.5 * sc, x0=(x_a + x_b) * 0.5)
     d, nx = float((x_a - x_b).norm()), max(float(x.norm()), 1e-300)
     return HalfSketchEstimate(x=x, x_a=x_a, x_b=x_b, error=d / (2 * nx), half_error=d / (math.sqrt(2.0) * nx), method=method)
