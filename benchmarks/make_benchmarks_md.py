@@ -32,6 +32,8 @@ SECTIONS = [
      "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 15000 60000 --models resnet18 --trained-with ce --sketch-m 8192 --budget 3e9 --threads 2 --name scaling_ce_resnet18_sampled"),
     ("scale_recipe_resnet18_60k", "One random request on all 60,000 images against the retraining a practitioner would run (resnet18 BN + head, random-init backbone; fine-tuning and retraining early-stopped on a validation split, at most 15 epochs)",
      "OMP_NUM_THREADS=2 python benchmarks/bench_scale_recipe.py --threads 2 --epochs 15"),
+    ("scaling_ce_resnet18_60k_views", "The same after the half-sketches became row views and the merge stopped making temporaries: peak RSS",
+     "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 60000 --models resnet18 --trained-with ce --budget 4e9 --threads 2 --name scaling_ce_resnet18_60k_views"),
     ("scaling_ce_resnet18_60k_gated", "The same at 60k with the plan's own sketch size (no --sketch-m): the gated sketch starts on 8192 draws and grows by its estimate within half of what fits memory_budget = 4 GB",
      "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 60000 --models resnet18 --trained-with ce --budget 4e9 --threads 2 --name scaling_ce_resnet18_60k_gated"),
     ("ce_default", "CE, the current default on four families (small CNN 3k; ViT with prompts, resnet10t, resnet18 at 2k) with FT / GA / NegGrad+: three classes each, random 10 % (three seeds each; the growth-tested iteration of the time — one Newton step is the default since, the same update on 13 of 17 random requests, ce_onestep_*), and issue 12's targets per request",
