@@ -39,7 +39,7 @@ def run(args) -> dict:
     import timm
     import torch
 
-    from fastntk.data import load_fashion_mnist, train_test_split
+    from fastntk.data import load_digits, load_fashion_mnist, train_test_split
     from fastntk.peft import BatchNormPeft
     from fastntk.train import finetune_peft
     from fastntk.unlearn import unlearn
@@ -51,8 +51,12 @@ def run(args) -> dict:
     model = timm.create_model("resnet18", num_classes=10, in_chans=1, zero_init_last=False).eval()
     peft = BatchNormPeft(model, include_head=True)
     w0 = peft.vector().clone()
-    full = load_fashion_mnist("train", size=28, channels=1, limit=args.n)
-    test = load_fashion_mnist("test", size=28, channels=1)
+    if args.dataset == "digits":  # bundled with scikit-learn (the --quick run: no download, no system package)
+        full, test = train_test_split(load_digits(size=28, channels=1), 0.2, seed=args.seed)
+        full = full.subset(np.arange(min(args.n, len(full))))
+    else:
+        full = load_fashion_mnist("train", size=28, channels=1, limit=args.n)
+        test = load_fashion_mnist("test", size=28, channels=1)
     D, val = train_test_split(full, 0.1, seed=args.seed + 7)
     rng = np.random.default_rng(args.seed)
     f_idx = np.sort(rng.choice(len(D), len(D) // 10, replace=False))
@@ -60,7 +64,7 @@ def run(args) -> dict:
     D_f, D_r = D.subset(f_idx), D.subset(r_idx)
     recipe = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, loss="ce", val=val, patience=args.patience,
                   progress=True)
-    out = {"n_images": len(full), "n_train": len(D), "n_val": len(val), "n_forget": len(D_f), "p": peft.p, "recipe":
+    out = {"dataset": args.dataset, "n_images": len(full), "n_train": len(D), "n_val": len(val), "n_forget": len(D_f), "p": peft.p, "recipe":
            {k: v for k, v in recipe.items() if k != "val"}}
 
     t = time.perf_counter()
@@ -110,7 +114,8 @@ def markdown(o: dict) -> str:
         rows.append(f"| {name} | {100 * v['UA']:.2f} | {100 * v['RA']:.2f} | {100 * v['TA']:.2f} | {gap:.2f} |")
     u, ft, rt = o["unlearn"], o["finetune"], o["retrain"]
     sk = u.get("sketch") or {}
-    return (f"resnet18 BN + head (p = {o['p']:,}), Fashion-MNIST {o['n_images']:,} images at 28 px: fine-tuning set "
+    data = "Fashion-MNIST" if o.get("dataset", "fashion_mnist") == "fashion_mnist" else "scikit-learn digits"
+    return (f"resnet18 BN + head (p = {o['p']:,}), {data} {o['n_images']:,} images at 28 px: fine-tuning set "
             f"{o['n_train']:,}, validation {o['n_val']:,}, forgotten {o['n_forget']:,} (random 10 %). Recipe: Adam lr "
             f"{o['recipe']['lr']}, batch {o['recipe']['batch_size']}, until validation accuracy stops improving (patience "
             f"{o['recipe']['patience']}, at most {o['recipe']['epochs']} epochs).\n\n"
@@ -124,7 +129,9 @@ def markdown(o: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="n = 1500, at most 2 epochs (≤ 1 min); writes <name>_quick.*")
+    ap.add_argument("--quick", action="store_true", help="scikit-learn digits, n = 1200, at most 2 epochs (≤ 1 min); writes "
+                    "<name>_quick.*")
+    ap.add_argument("--dataset", choices=["fashion_mnist", "digits"], default="fashion_mnist")
     ap.add_argument("--n", type=int, default=60000)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=3)
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
     from benchmarks._common import environment, write_results
 
     if args.quick:
-        args.n, args.epochs = 1500, 2
+        args.dataset, args.n, args.epochs = "digits", 1200, 2
     o = run(args)
     text = markdown(o)
     write_results(args.name + ("_quick" if args.quick else ""), {"env": environment(), "args": vars(args), "quick": args.quick,

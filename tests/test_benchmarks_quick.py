@@ -141,7 +141,7 @@ def test_scale_recipe_quick(tmp_path):
     _run_quick("bench_scale_recipe.py", tmp_path, "--threads", "1")
     d = _load(tmp_path, "scale_recipe_resnet18_60k_quick")
     o = d["result"]
-    assert d["quick"] is True and o["n_images"] == 1500 and o["n_forget"] == o["n_train"] // 10
+    assert d["quick"] is True and o["dataset"] == "digits" and o["n_images"] == 1200 and o["n_forget"] == o["n_train"] // 10
     for k in ("finetune", "retrain"):
         assert 1 <= o[k]["epochs_run"] <= 2 and _finite(o[k]["seconds"]) and len(o[k]["val_acc"]) == o[k]["epochs_run"]
     u = o["unlearn"]

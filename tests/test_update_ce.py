@@ -940,3 +940,16 @@ def test_which_line_search_trials_carry_a_gradient_changes_the_cost_not_the_step
     assert [h["t"] for h in now.info["newton"]["history"]] == [h["t"] for h in before.info["newton"]["history"]]
     assert now_calls["value"] + now_calls["value_and_grad"] < calls["value"] + calls["value_and_grad"]
     assert now_calls["value_and_grad"] <= calls["value_and_grad"]
+
+
+def test_growing_by_more_draws_than_the_retain_set_has_is_capped(monkeypatch):
+    """A growth that would need n_r or more new draws takes n_r − 1 (even) — a sketch of n_r draws would be one of all
+    samples, which cannot be merged — and the request completes (the exact J̃ follows if the estimate still fails)."""
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 1e-3)
+    monkeypatch.setattr(tilted, "GATE_GROW_MAX", 10.0)
+    res = unlearn(m, peft, retain, forget, trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12,
+                  harm=HarmTolerance(enabled=False))
+    assert "so 268 more" in res.plan["curvature_source"]["reason"] and res.plan["curvature_source"]["value"] == "exact"

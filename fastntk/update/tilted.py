@@ -54,7 +54,7 @@ GATED_SKETCH_K, GATED_SKETCH_M, GATE_MAX_ERROR = 2, 0.5, 0.3
 #: the gate needs at least this many samples in D_r (smaller: the exact J̃ is cheap anyway)
 GATE_MIN_SAMPLES = 256
 #: a rejected gated sketch is first grown by more draws (error ∝ 1/√draws: m·(e/GATE_MAX_ERROR)²·GATE_GROW_MARGIN draws
-#: in all) when those rows are at most GATE_GROW_MAX of the exact J̃'s C·n_r rows (and at most n_r more draws); its
+#: in all) when those rows are at most GATE_GROW_MAX of the exact J̃'s C·n_r rows (at most n_r − 1 more draws); its
 #: estimate is taken again, and only a grown sketch still above GATE_MAX_ERROR gives way to the exact J̃
 GATE_GROW_MARGIN, GATE_GROW_MAX = 1.2, 0.5
 #: where the exact J̃ does not fit memory_budget, the gated sketch starts on at most this many draws (growing, by the same
@@ -551,7 +551,9 @@ class _StepSolver:
         if cap is not None:  # the exact J̃ does not fit: grow as far as memory allows
             need = min(need, int(cap))
         add = need - m + (need - m) % 2  # even: the halves split the draws
-        if add <= 0 or m >= n_r or add > n_r or (cap is None and src.k * (m + add) > GATE_GROW_MAX * self.C * n_r):
+        # one draw of more sketch takes at most n_r − 1 draws (n_r would be a sketch of all samples, not a subsample)
+        add = min(add, (n_r - 1) - (n_r - 1) % 2)
+        if add <= 0 or m >= n_r or (cap is None and src.k * (m + add) > GATE_GROW_MAX * self.C * n_r):
             return None
         t = time.perf_counter()
         more = SketchedJacobian(self.peft, self.X_r, k=src.k, kind=src.kind, loss=self.loss, w=w, m=add,
