@@ -953,3 +953,15 @@ def test_growing_by_more_draws_than_the_retain_set_has_is_capped(monkeypatch):
     res = unlearn(m, peft, retain, forget, trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12,
                   harm=HarmTolerance(enabled=False))
     assert "so 268 more" in res.plan["curvature_source"]["reason"] and res.plan["curvature_source"]["value"] == "exact"
+
+
+def test_a_sketch_size_the_caller_fixed_is_not_grown(monkeypatch):
+    """sketch_m= given: where the exact J̃ fits, a failing estimate sends the request to the exact J̃ without growing."""
+    import fastntk.update.tilted as tilted
+
+    m, peft, retain, forget, w0 = _gate_problem()
+    monkeypatch.setattr(tilted, "GATE_MAX_ERROR", 1e-6)
+    res = unlearn(m, peft, retain, forget, trained_with="ce", ridge=0.5, w0=w0, anchor="trained", rtol=1e-12,
+                  harm=HarmTolerance(enabled=False), sketch_m=100)
+    reason = res.plan["curvature_source"]["reason"]
+    assert res.plan["curvature_source"]["value"] == "exact" and "rejected" in reason and "grown" not in reason

@@ -546,6 +546,8 @@ class _StepSolver:
         ``(sketch, estimate, accepted, why)``, or ``None`` when the predicted size is not worth it (the exact J̃ then)."""
         from ..operators import SketchedJacobian
 
+        if self.jac.sketch_m is not None:  # a size the caller fixed is not grown (kept, or replaced by the exact J̃)
+            return None
         m, n_r, cap = int(src.n), int(src.n_total), getattr(src, "grow_cap", None)
         need = int(math.ceil(m * (e / GATE_MAX_ERROR) ** 2 * GATE_GROW_MARGIN))
         if cap is not None:  # the exact J̃ does not fit: grow as far as memory allows
