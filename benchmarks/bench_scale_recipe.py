@@ -67,13 +67,17 @@ def run(args) -> dict:
     out = {"dataset": args.dataset, "n_images": len(full), "n_train": len(D), "n_val": len(val), "n_forget": len(D_f), "p": peft.p, "recipe":
            {k: v for k, v in recipe.items() if k != "val"}}
 
-    t = time.perf_counter()
-    ft = finetune_peft(peft, D, desc="fine-tune", **recipe)
-    out["finetune"] = {"seconds": time.perf_counter() - t, "epochs_run": ft.epochs_run, "best_epoch": ft.best_epoch,
-                       "val_acc": ft.val_acc}
-    model.eval()
-    w_t = peft.vector().clone()
-    print(f"fine-tuned: {ft.epochs_run} epochs (best {ft.best_epoch}), {out['finetune']['seconds']:.0f} s", flush=True)
+    def train(key: str, data, desc: str) -> torch.Tensor:
+        """The recipe from the current weights on ``data``: its figures in ``out[key]``, the weights it returns."""
+        t = time.perf_counter()
+        lg = finetune_peft(peft, data, desc=desc, **recipe)
+        out[key] = {"seconds": time.perf_counter() - t, "epochs_run": lg.epochs_run, "best_epoch": lg.best_epoch,
+                    "val_acc": lg.val_acc}
+        model.eval()
+        print(f"{desc}: {lg.epochs_run} epochs (best {lg.best_epoch}), {out[key]['seconds']:.0f} s", flush=True)
+        return peft.vector().clone()
+
+    w_t = train("finetune", D, "fine-tune")
 
     t = time.perf_counter()
     NetworkObjective(peft, D_r.X, D_r.y, loss="ce").value_and_grad(w_t)
@@ -89,14 +93,8 @@ def run(args) -> dict:
     print(f"unlearned: {sec:.0f} s ({out['unlearn']['gradient_passes']:.2f} gradient passes over D_r)", flush=True)
 
     peft.write(w0)
-    t = time.perf_counter()
-    rt = finetune_peft(peft, D_r, desc="retrain", **recipe)
-    out["retrain"] = {"seconds": time.perf_counter() - t, "epochs_run": rt.epochs_run, "best_epoch": rt.best_epoch,
-                      "val_acc": rt.val_acc}
-    model.eval()
-    w_r = peft.vector().clone()
+    w_r = train("retrain", D_r, "retrain")
     peft.write(w_t)
-    print(f"retrained: {rt.epochs_run} epochs (best {rt.best_epoch}), {out['retrain']['seconds']:.0f} s", flush=True)
     out["unlearn"]["x_retrain"] = sec / out["retrain"]["seconds"]
 
     sub = np.sort(rng.choice(len(D_r), min(len(D_r), 10000), replace=False))  # RA on a 10k sample of D_r

@@ -358,11 +358,13 @@ def _chol(A: torch.Tensor, ridge: float) -> torch.Tensor:
     return L
 
 
-def _jv(J, v, rows: int = 4096):
+def jv64(J, v, rows: int = 4096):
+    """``J v`` in float64, row chunks (no float64 copy of the whole ``J``)."""
     return torch.cat([J[r:r + rows].double() @ v for r in range(0, J.shape[0], rows)])
 
 
-def _jtv(J, u, rows: int = 4096):
+def jtv64(J, u, rows: int = 4096):
+    """``Jᵀ u`` in float64, row chunks."""
     out = torch.zeros(J.shape[1], *u.shape[1:], dtype=torch.float64, device=J.device)
     for r in range(0, J.shape[0], rows):
         out += J[r:r + rows].double().T @ u[r:r + rows]
@@ -404,8 +406,8 @@ def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: 
     b = rhs.double().reshape(p, -1)
     single = Ja.dtype == torch.float32 and Jb.dtype == torch.float32
     # products inside the solves: in the rows' own precision for float32 rows (the refinement below repairs them)
-    mv = (lambda J, v: (J @ v.to(J.dtype)).double()) if single else _jv
-    tv = (lambda J, u: (J.T @ u.to(J.dtype)).double()) if single else _jtv
+    mv = (lambda J, v: (J @ v.to(J.dtype)).double()) if single else jv64
+    tv = (lambda J, u: (J.T @ u.to(J.dtype)).double()) if single else jtv64
     if 2 * rows < p:
         Kaa, Kbb, Kab = _gram_blocks(Ja, Ja), _gram_blocks(Jb, Jb), _gram_blocks(Ja, Jb)
         ya, yb = mv(Ja, b), mv(Jb, b)
@@ -430,7 +432,7 @@ def _dense_halves(Ja: torch.Tensor, Jb: torch.Tensor, rhs: torch.Tensor, ridge: 
     if single:
         bn = max(float(b.norm()), 1e-300)
         for _ in range(REFINE_STEPS):  # r = b − (JᵀJ + λI)x with the rows' exact float64 products
-            r = b - 0.5 * (_jtv(Ja, _jv(Ja, x)) + _jtv(Jb, _jv(Jb, x))) - ridge * x
+            r = b - 0.5 * (jtv64(Ja, jv64(Ja, x)) + jtv64(Jb, jv64(Jb, x))) - ridge * x
             if float(r.norm()) <= REFINE_RTOL * bn:
                 break
             x = x + solve(r)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import NumericalError
+from ..operators.sketch import jtv64, jv64  # the row-chunked float64 products (one definition, beside the sketch's solves)
 from ..operators.base import TorchLinearOperator
 from .solve import record_direct
 
@@ -30,16 +31,6 @@ def _chunks(n, size):
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-def jv64(J, v, rows=4096):
-    """``J v`` in float64, row chunks (no float64 copy of the whole ``J``)."""
-    return torch.cat([J[a:b].double() @ v for a, b in _chunks(J.shape[0], rows)])
-
-
-def jtv64(J, u, rows=4096):
-    out = torch.zeros(J.shape[1], *u.shape[1:], dtype=torch.float64, device=J.device)
-    for a, b in _chunks(J.shape[0], rows):
-        out += J[a:b].double().T @ u[a:b]
-    return out
 
 
 def gram64(J, *, side="params", rows=4096):

@@ -30,7 +30,7 @@ from ..operators import GGNLinearOperator, make_jacobian
 from ..operators.linearization import DEFAULT_MEMORY_BUDGET
 from .newton import NewtonOptions, NewtonReport, gauss_newton, stationarity_ridge
 from .objective import NetworkObjective
-from .dense import solve_primal_direct
+from .dense import jtv64, jv64, solve_primal_direct
 from .solve import SolveContext, record_direct
 
 log = logging.getLogger("fastntk")
@@ -179,6 +179,7 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
     need = jacobian_bytes(n, C, peft.p, peft.dtype)
     budget = float("inf") if jac.memory_budget is None else float(jac.memory_budget)
     use, precondition, gated = jac.curvature_source, False, False
+    m0, cap = _scale_gate(jac, n, peft.p, peft.dtype)  # the gated sketch's start and limit where the exact J̃ does not fit
     if use == "auto" and not fixed_point_exact and need <= budget and jac.strategy != "stream" and \
             C > GATED_SKETCH_K * GATED_SKETCH_M and n >= GATE_MIN_SAMPLES:
         use, gated = "sketch", True
@@ -187,10 +188,8 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
                f"{(jac.sketch_k or GATED_SKETCH_K) * GATED_SKETCH_M / C:.2g} of the exact J̃'s backward passes): kept if its "
                f"half-sketch estimate of the first step's error is ≤ {GATE_MAX_ERROR:g}, else the exact J̃")
     elif use == "auto" and not fixed_point_exact and jac.strategy != "stream" and jac.sketch_m is None and \
-            C > GATED_SKETCH_K * GATED_SKETCH_M and n >= GATE_MIN_SAMPLES and \
-            _scale_gate(jac, n, peft.p, peft.dtype)[0] < _scale_gate(jac, n, peft.p, peft.dtype)[1]:
+            C > GATED_SKETCH_K * GATED_SKETCH_M and n >= GATE_MIN_SAMPLES and m0 < cap:
         use, gated = "sketch", True
-        m0, cap = _scale_gate(jac, n, peft.p, peft.dtype)
         why = (f"curvature_source='auto': the exact J̃ of D_r needs {need / 1e6:.0f} MB > memory_budget {budget / 1e6:.0f} MB: "
                f"a gated sketch (k = {jac.sketch_k or GATED_SKETCH_K} rows per sample on {m0} draws), grown by its half-sketch "
                f"estimate of the first step's error until that is ≤ {GATE_MAX_ERROR:g}, at most to {cap} draws (half of what "
@@ -214,10 +213,8 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
         src = make_jacobian(peft, X, w=w, loss=loss, strategy=jac.strategy, memory_budget=jac.memory_budget,
                             batch_size=jac.batch_size, progress=jac.progress)
         return src, why
-    cap = None  # the gated sketch's growth limit in draws (None: GATE_GROW_MAX of the exact J̃, which fits)
     if gated and need > budget:
-        k = jac.sketch_k or GATED_SKETCH_K
-        (m, cap), more = _scale_gate(jac, n, peft.p, peft.dtype), ""
+        k, m, more = jac.sketch_k or GATED_SKETCH_K, m0, ""
     elif gated:
         k = jac.sketch_k or GATED_SKETCH_K
         m, more = (sketch_samples(jac.sketch_m, n) if jac.sketch_m is not None else sketch_samples(GATED_SKETCH_M, n)), ""
@@ -227,7 +224,8 @@ def curvature_source(peft, X, w, loss: str, jac: JacobianOptions, C: int, step: 
     src = SketchedJacobian(peft, X, k=k, kind=jac.sketch_kind, loss=loss, w=w, batch_size=jac.batch_size,
                            m=m, seed=int(jac.sketch_seed) + int(step) - 1)
     why = f"{why}; {src.reason} (step {step}: each relinearized step draws a fresh sketch)"
-    src.reason, src.gated, src.grow_cap = why, gated, cap
+    # the growth limit in draws (None: GATE_GROW_MAX of the exact J̃, which fits)
+    src.reason, src.gated, src.grow_cap = why, gated, (cap if gated and need > budget else None)
     return src, why
 
 
@@ -594,12 +592,10 @@ class _StepSolver:
         method = first[2]
         if (self.jac.solver == "cg" and method != "cg") or (self.jac.solver == "direct" and method != "cholesky"):
             return None
-        from ..operators.sketch import _jtv, _jv
-
         t = time.perf_counter()
         x = first[1].double()
         gd = g.double()
-        res, bn = float((_jtv(src.J, _jv(src.J, x)) + self.lam * x - gd).norm()), float(gd.norm())
+        res, bn = float((jtv64(src.J, jv64(src.J, x)) + self.lam * x - gd).norm()), float(gd.norm())
         if not res <= max(self.ctx.rtol * bn, 1e3 * torch.finfo(torch.float64).eps * bn):
             return None
         how = ("direct Cholesky" if method == "cholesky" else "conjugate gradients (matrix-free)") + (
