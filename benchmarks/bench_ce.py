@@ -42,6 +42,9 @@ VARIANTS: dict[str, dict] = {
     # the plain route's subsampled warm-up (NewtonOptions.warmup; off by default): on a quarter / an eighth of D_r
     "Fast-NTK warm-up 1/4": dict(warmup=0.25),
     "Fast-NTK warm-up 1/8": dict(warmup=0.125),
+    # the head stage (NewtonOptions.head_start) on and off
+    "head start": dict(head_start=True),
+    "no head start": dict(head_start=False),
     # sketched curvature in every relinearized step (issue 14): k rows per sample, m of the n_r samples
     "sketch k=1, m=n/4": dict(curvature_source="sketch", sketch_k=1, sketch_m=0.25),
     # the previous default's preconditioning sketch where 1024 ≤ n_r < 4096 (it took max(n_r/4, min(n_r, 1024)) samples)
@@ -231,8 +234,9 @@ def run_one(args, model, scen, seed, cls) -> dict:
                     kw["sketch_k"] = len(cfg.finetune_classes)
                 if kw.get("newton") in ("relinearize", "frozen"):
                     kw["newton"] = NewtonOptions(curvature=kw["newton"], stop_on_growth=None)
-                if "extrapolate" in kw or "damping" in kw or "warmup" in kw:
-                    kw["newton"] = NewtonOptions(**{k: kw.pop(k) for k in ("extrapolate", "damping", "warmup") if k in kw})
+                keys = ("extrapolate", "damping", "warmup", "head_start")
+                if any(k in kw for k in keys):
+                    kw["newton"] = NewtonOptions(**{k: kw.pop(k) for k in keys if k in kw})
                 res = unlearn(e.model, e.peft, (e.retain.X, e.retain.y), (e.forget.X, e.forget.y), trained_with="ce", w0=e.w0,
                               check_overlap=False, memory_budget=cfg.memory_budget, **kw)
         except Exception as exc:  # a refused or failed variant is reported, not hidden

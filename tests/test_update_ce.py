@@ -965,3 +965,107 @@ def test_a_sketch_size_the_caller_fixed_is_not_grown(monkeypatch):
                   harm=HarmTolerance(enabled=False), sketch_m=100)
     reason = res.plan["curvature_source"]["reason"]
     assert res.plan["curvature_source"]["value"] == "exact" and "rejected" in reason and "grown" not in reason
+
+
+def _bn_cnn_ce_problem(seed=0, n=24, lam=0.4):
+    """A tiny BN CNN (smooth activations) with its head in the PEFT set, moved off w0, and a class-like split."""
+    m = tiny_bn_cnn(seed)
+    peft = BatchNormPeft(m, include_head=True)
+    X, y = _data(n, seed + 1, (3, 8, 8))
+    w0 = peft.vector().clone()
+    with torch.no_grad():
+        peft.write(w0 + 0.05 * torch.randn(peft.p, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 3)))
+    r, f = np.arange(n - 6), np.arange(n - 6, n)
+    return m, peft, X, y, r, f, w0, lam
+
+
+def test_head_stage_minimizes_the_objective_over_the_head_block_only():
+    """head_stage: the objective's gradient on the head block vanishes at the returned weights (autograd through the whole
+    network), every other coordinate is unchanged, the objective fell, and the head block's Newton decrement at the start
+    equals gᵀ(H_hh + λI)⁻¹g from the dense Hessian of the block (torch.func.hessian)."""
+    from fastntk.update.headstart import head_block, head_stage
+
+    m, peft, X, y, r, f, w0, lam = _bn_cnn_ce_problem(1)
+    wt = peft.vector().clone()
+    F = NetworkObjective(peft, X[r], y[r], loss="ce", ridge=lam, center=w0)
+    block, why = head_block(peft)
+    assert block is not None and block.C == 3 and block.d == 5 and block.b_range is not None, why
+    w1, info = head_stage(F, wt, block)
+    idx = block.indices()
+    other = torch.ones(peft.p, dtype=torch.bool)
+    other[idx] = False
+    assert torch.equal(w1[other], wt[other]) and info["used"] and info["converged"]
+    F0, g0 = F.value_and_grad(wt)
+    F1, g1 = F.value_and_grad(w1)
+    assert F1 < F0 and abs((F0 - F1) - info["decrease"]) <= 1e-8 * abs(F0)
+    assert float(g1[idx].abs().max()) <= 1e-5 * float(g0[idx].abs().max())
+    f_ = peft.functional()
+
+    def block_value(h):
+        w = wt.clone()
+        w[idx] = h
+        return torch.nn.functional.cross_entropy(f_(w, X[r]), y[r], reduction="sum") + 0.5 * lam * ((w - w0) ** 2).sum()
+
+    H = torch.func.hessian(block_value)(wt[idx].clone())
+    gh = g0[idx]
+    dec = float(gh @ torch.linalg.solve(H, gh))
+    assert info["head_decrement"] == pytest.approx(dec, rel=1e-8)
+    # the memo of the objective holds the loss at w_t from the head stage's one forward pass
+    assert F.memo is None or len(F.memo) >= 1
+
+
+def test_head_start_then_one_full_step_matches_dense_reference():
+    """NewtonOptions(head_start=True): the steps start from the head stage's weights w₁ (the same objective: its
+    minimizer is unchanged), and the first full step is the Gauss-Newton step there, (G_r(w₁) + λI)⁻¹∇F_r(w₁), with G
+    from jacrev + the softmax Hessian; the report says what ran and the caller's model is untouched."""
+    from fastntk.update.headstart import head_block, head_stage
+
+    m, peft, X, y, r, f, w0, lam = _bn_cnn_ce_problem(2)
+    wt = peft.vector().clone()
+    res = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), trained_with="ce", ridge=lam, w0=w0, anchor="retain",
+                  curvature_source="exact", newton=NewtonOptions(max_steps=1, line_search=False, head_start=True),
+                  harm=HarmTolerance(enabled=False), rtol=1e-12)
+    F = NetworkObjective(peft, X[r], y[r], loss="ce", ridge=lam, center=w0)
+    w1, _ = head_stage(F, wt, head_block(peft)[0])
+    G = _dense_ce_ggn(peft, X[r], w1).numpy()
+    _, g = _ce_objective_np(peft, X[r], y[r], lam, w0)(w1.numpy())
+    expect = w1.numpy() - np.linalg.solve(G + lam * np.eye(peft.p), g)
+    np.testing.assert_allclose(res.w_new.numpy(), expect, rtol=1e-8, atol=1e-10)
+    head = res.info["newton"]["head"]
+    assert head["used"] and head["iterations"] >= 1 and head["decrease"] > 0 and head["converged"]
+    assert "head stage" in res.timings
+    assert torch.equal(peft.vector(), wt)  # inplace=False: the caller's model is untouched
+    # the stopping rule's reference is the head block's decrement at w_t and the head stage's decrease
+    assert res.info["newton"]["dec0"] == pytest.approx(head["head_decrement"]) and res.info["newton"]["drop0"] == head["decrease"]
+
+
+def test_head_start_is_skipped_with_its_reason():
+    """Off by default; the tilted objective; a head outside the PEFT set; a model whose output is not its head's."""
+    from fastntk.update.headstart import head_block, head_stage
+
+    m, peft, X, y, r, f, w0, lam = _bn_cnn_ce_problem(3)
+    kw = dict(trained_with="ce", ridge=lam, w0=w0, harm=HarmTolerance(enabled=False), curvature_source="exact")
+    default = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), anchor="retain", newton=NewtonOptions(max_steps=2), **kw)
+    assert not default.info["newton"]["head"]["used"] and "head_start=False" in default.info["newton"]["head"]["why"]
+    on = NewtonOptions(max_steps=2, head_start=True)
+    tilt = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), anchor="trained", newton=on, **kw)
+    assert not tilt.info["newton"]["head"]["used"] and "tilted" in tilt.info["newton"]["head"]["why"]
+    bn_only = BatchNormPeft(m, include_head=False)
+    assert head_block(bn_only)[0] is None and "not in the PEFT set" in head_block(bn_only)[1]
+
+    class Scaled(torch.nn.Module):  # something follows the head: its output is not the model's
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return 2.0 * self.inner(x)
+
+    sm = Scaled(m)
+    speft = BatchNormPeft(sm, include_head=True)
+    block, _ = head_block(speft)
+    F = NetworkObjective(speft, X[r], y[r], loss="ce", ridge=lam, center=speft.vector().clone())
+    w1, info = head_stage(F, speft.vector().clone(), block)
+    assert w1 is None and not info["used"] and "not its head's output" in info["why"]
+    with pytest.raises(InvalidInputError):
+        NewtonOptions(head_start="yes")

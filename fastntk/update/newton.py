@@ -84,6 +84,14 @@ class NewtonOptions:
         pp instead of 1.04 / 1.14 (RA 2–3 pp lower: the warm-up overfits its subsample, and the full steps stop, by the
         same rule, before undoing it); a ViT: 0.52 vs 0.94 pp on one class, 4.08 vs 3.70 and more steps on another.  Not
         worth its quality cost at these sizes; kept for very large ``D_r``, where a full step is the expensive part.
+    head_start : the plain relinearized retain objective only: first minimize it over the linear classifier head on the
+        fixed features of ``D_r`` (one forward pass; :mod:`fastntk.update.headstart`), then take the steps on every
+        PEFT parameter from there (same objective and minimizer; the stopping rule measured against the head block's
+        decrement at ``w_t``); where the head is in the PEFT set and its output is the model's (else skipped, with the
+        reason).  Off by default: measured on eight class requests (benchmarks/bench_ce.py, ``ce_headstart_*``: small
+        CNN, ViT, resnet10t) it saved a Newton step on six (one fewer gradient pass over ``D_r`` before the steps), but
+        the mean avg gap rose from 0.71 to 1.08 pp — the head fit to its block minimizer on the trained features, the
+        rest stopped early by the same rule, is a point early-stopped retraining does not reach.
     """
 
     max_steps: int = 16
@@ -96,6 +104,7 @@ class NewtonOptions:
     extrapolate: int = 0
     damping: str = "lm"
     warmup: float | None = None
+    head_start: bool = False
 
     def __post_init__(self):
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
@@ -111,6 +120,8 @@ class NewtonOptions:
         w = self.warmup
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1):
             raise InvalidInputError(f"warmup must be None or a fraction in [0, 1), got {w!r}")
+        if not isinstance(self.head_start, bool):
+            raise InvalidInputError(f"head_start must be True or False, got {self.head_start!r}")
         if not (0 < self.c1 < 0.5) or int(self.max_backtracks) < 1:
             raise InvalidInputError("c1 must lie in (0, 0.5) and max_backtracks be >= 1")
 
@@ -125,6 +136,7 @@ class NewtonReport:
     dec0: float | None = None  # the first step's Newton decrement δ₁² (the stopping rule's reference)
     drop0: float | None = None  # the first step's decrease of the objective
     warmup: dict | None = None  # the subsampled warm-up (NewtonOptions.warmup): what ran and why
+    head: dict | None = None  # the head stage (NewtonOptions.head_start): what ran and why
 
     def summary(self) -> dict:
         return asdict(self)

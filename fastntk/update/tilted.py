@@ -325,13 +325,14 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
         obj_r = NetworkObjective(peft, X_r[idx], y_r[idx], loss=loss, target_scale=target_scale, batch_size=batch_size,
                                  memo=sample[1], weight=int(X_r.shape[0]) / int(idx.numel()))
         memo = {}
-    if start is not None:  # the steps start at w_trained + start: nothing is needed at w_trained
+    head_why = _head_start_wanted(newton, fixed_point_exact, start, n_warm, ridge, tilt)
+    if start is not None or head_why is None:  # the steps start elsewhere: no gradient is needed at w_trained
         L_r = g_r = g_f = None
     elif n_warm and ridge != "stationarity":  # the warm-up starts on its subsample: ∇L_r(w_t) is not needed, only L_r(w_t)
         L_r, g_r = obj_r.data_loss(w_trained)[0], None
     else:
         L_r, g_r = obj_r.value_and_grad(w_trained)
-    if start is None:
+    if start is None and head_why is not None:
         g_f = NetworkObjective(peft, X_f, y_f, loss=loss, target_scale=target_scale, batch_size=batch_size).value_and_grad(w_trained)[1]
     t_grad = time.perf_counter() - t0
     steps = _StepSolver(peft, X_r, loss, jac, newton, ctx, curvature, _num_outputs(peft, X_f),
@@ -342,26 +343,69 @@ def tilted_newton(peft, retain, forget, *, w_trained: torch.Tensor, w0: torch.Te
     if use_sample:
         F_r = dataclasses.replace(F_r, X=obj_r.X, y=obj_r.y, weight=obj_r.weight, memo=obj_r.memo)  # L_r, g_r: × n_r/|S|
     steps.lam = lam
+    head = None
+    if head_why is None:
+        head, d_head = _head_then_full(F_r, peft, w_trained)
     if n_warm:
         w, delta, rep, winfo = _warm_then_full(F_r, first, steps, newton, jac, ctx, n_warm, warm_why, w_trained, on_step)
+    elif head is not None and head["used"]:
+        w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, on_step=on_step, d_start=d_head,
+                                     reference=(head["head_decrement"], head["decrease"]))
+        winfo = None
+        rep.warmup = {"used": False, "why": warm_why}
     else:
         w, delta, rep = gauss_newton(F_r, w_trained, steps, newton, first=first, on_step=on_step, d_start=start,
                                      first_by_value=not tilt and start is None)
         winfo = None
         rep.warmup = {"used": False, "why": warm_why}
+    rep.head = head if head is not None else {"used": False, "why": head_why}
     info = steps.info
     if winfo is not None:
         for key in ("jacobian", "solve", "error estimate"):
             info[key] = info.get(key, 0.0) + winfo.get(key, 0.0)
     est = info.get("error estimate", 0.0)  # the half-sketch error estimate (sketched curvature only)
+    t_head = head["seconds"] if head is not None and "seconds" in head else 0.0
     timings = {"gradients": t_grad, "jacobian": info["jacobian"], "solve": info["solve"], "error estimate": est,
-               "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"] - est}
+               "objective": time.perf_counter() - t0 - t_grad - info["jacobian"] - info["solve"] - est - t_head}
+    if t_head:
+        timings["head stage"] = t_head
     return TiltedResult(w=w, delta=delta, ridge=lam, ridge_info=rinfo, newton=rep, grad_forget_norm=float("nan") if g_f is None else float(g_f.norm()),
                         timings=timings,
                         strategy=info["strategy"] or "", solver=info["solver"] or "",
                         sketch=None if info.get("sketch") is None else dict(info["sketch"], curvature=info.get("curvature")),
                         curvature=info.get("curvature") or "a given frozen curvature (prepared state)", memo=memo,
                         line_search=ls_why)
+
+
+def _head_start_wanted(newton: NewtonOptions, fixed_point_exact: bool, start, n_warm: int, ridge, tilt: bool) -> str | None:
+    """``None`` when the head stage (``NewtonOptions.head_start``) is to be tried, else why not."""
+    if not newton.head_start:
+        return "head_start=False (the default: NewtonOptions)"
+    if tilt or not fixed_point_exact:
+        return ("no head stage: only the plain relinearized retain objective, whose minimizer does not depend on where the "
+                "steps start, takes one (the tilted objective's first step is the answer)")
+    if start is not None:
+        return "no head stage: a warm start (a re-solve of the ridge back-off) starts from its own weights"
+    if n_warm:
+        return "no head stage: the subsampled warm-up runs instead"
+    if ridge == "stationarity":
+        return "no head stage: the stationarity ridge needs the gradient at the trained weights"
+    return None
+
+
+def _head_then_full(F_r, peft, w_trained):
+    """The head stage on ``F_r`` from ``w_trained``: ``(info, displacement or None)``."""
+    from .headstart import head_block, head_stage
+
+    block, why = head_block(peft)
+    if block is None:
+        log.info("fastntk: %s", why)
+        return {"used": False, "why": why}, None
+    w1, info = head_stage(F_r, w_trained, block)
+    if w1 is None:
+        log.info("fastntk: %s", info["why"])
+        return info, None
+    return info, w1 - w_trained
 
 
 #: what a one-step tilted request scored on the retain sample records (one_step_sample)
