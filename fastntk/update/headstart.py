@@ -117,6 +117,8 @@ def head_stage(objective, w: torch.Tensor, block: HeadBlock) -> tuple[torch.Tens
     from scipy.optimize import minimize
 
     t0 = time.perf_counter()
+    if objective.linearized_at is not None:
+        return None, {"used": False, "why": "no head stage: the model is a linearization (its head is not a layer of it)"}
     Phi, why = head_features(objective, w, block)
     if Phi is None:
         return None, {"used": False, "why": why}
@@ -144,19 +146,19 @@ def head_stage(objective, w: torch.Tensor, block: HeadBlock) -> tuple[torch.Tens
         return v * scale
 
     def fun(hn):
-        h = torch.from_numpy(hn).requires_grad_(True)
+        h = torch.from_numpy(hn).to(Phi.device).requires_grad_(True)
         v = value(h)
         (g,) = torch.autograd.grad(v, h)
-        return float(v.detach()), g.numpy()
+        return float(v.detach()), g.detach().cpu().numpy()
 
-    F0, g0 = fun(h0.numpy().copy())
-    res = minimize(fun, h0.numpy().copy(), jac=True, method="L-BFGS-B",
+    F0, g0 = fun(h0.cpu().numpy().copy())
+    res = minimize(fun, h0.cpu().numpy().copy(), jac=True, method="L-BFGS-B",
                    options={"gtol": HEAD_GTOL, "ftol": 1e-15, "maxiter": HEAD_MAXITER, "maxcor": 20})
-    h1 = torch.from_numpy(res.x)
+    h1 = torch.from_numpy(res.x).to(h0.device)
     F1 = float(res.fun)
     # the head block's Newton decrement at w: g_hᵀ (H_hh + λI)⁻¹ g_h (H_hh the exact Hessian of the block: the logits are
     # linear in (W, b)), by CG on Hessian-vector products (a lower bound on the full decrement at w)
-    dec = _block_decrement(value, h0.clone(), torch.from_numpy(g0)) / scale
+    dec = _block_decrement(value, h0.clone(), torch.from_numpy(g0).to(h0.device)) / scale
     w1 = w.detach().clone()
     w1[idx] = h1.to(w1.dtype)
     gmax = float(np.abs(res.jac).max()) if res.jac is not None else float("nan")
