@@ -10,6 +10,7 @@ import math
 import statistics
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
@@ -363,12 +364,15 @@ def test_half_sketch_solves_from_one_gram_equal_three_separate_solves(n, k, m):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("rank", [0, 8])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_half_sketch_error_by_cg_equals_the_dense_route(monkeypatch, dtype):
-    """Above DIRECT_HALF_LIMIT the three solves run by matrix-free CG on the stored rows (no float64 copy, no Gram):
-    the same estimate and solutions as the dense Cholesky route, to the 1e-3 a diagnostic needs (CG stops at a relative
-    residual of 1e-5)."""
+def test_half_sketch_error_by_cg_equals_the_dense_route(monkeypatch, dtype, rank):
+    """Above DIRECT_HALF_LIMIT the three solves run by matrix-free CG on the stored rows (no float64 copy, no Gram),
+    plain (NYSTROM_RANK = 0) or Nyström-preconditioned: the same estimate and solutions as the dense Cholesky route, to
+    the 1e-3 a diagnostic needs (CG stops at a relative residual of 1e-5)."""
     from fastntk.operators import sketch as SK
+
+    monkeypatch.setattr(SK, "NYSTROM_RANK", rank)
 
     peft = CASES["bn-cnn+head"]
     X = _X(16, seed=14)
@@ -379,7 +383,7 @@ def test_half_sketch_error_by_cg_equals_the_dense_route(monkeypatch, dtype):
     dense = half_sketch_error((a, bb), b, 0.5)
     monkeypatch.setattr(SK, "DIRECT_HALF_LIMIT", 0)
     cg = half_sketch_error((a, bb), b, 0.5)
-    assert dense.method == "cholesky" and cg.method == "cg"
+    assert dense.method == "cholesky" and cg.method == ("cg" if rank == 0 else f"cg (Nyström-preconditioned, rank {rank})")
     tol = 1e-3
     assert cg.error == pytest.approx(dense.error, rel=tol)
     for u, v in ((cg.x, dense.x), (cg.x_a, dense.x_a), (cg.x_b, dense.x_b)):
@@ -489,7 +493,31 @@ def test_a_subsampled_sketch_is_halved_by_row_views_on_both_routes(monkeypatch):
     dense = half_sketch_error(sk, b, 0.4)
     monkeypatch.setattr(SK, "DIRECT_HALF_LIMIT", 0)
     cg = half_sketch_error(sk, b, 0.4)
-    assert dense.method == "cholesky" and cg.method == "cg"
+    assert dense.method == "cholesky" and cg.method.startswith("cg")
     for est, tol in ((dense, 1e-10), (cg, 1e-4)):
         for got, ref in zip((est.x_a, est.x_b, est.x), refs):
             assert float((got - ref).norm()) <= tol * float(ref.norm())
+
+
+def test_nystrom_preconditioner_of_the_estimate_cuts_cg_iterations():
+    """The half-sketch estimate's CG preconditioner (operators.sketch._nystrom, rank NYSTROM_RANK): on rows whose
+    spectrum decays (as sketched Jacobians' do) with a small ridge, preconditioned CG needs far fewer iterations than
+    plain CG for the same solution; float64, dense reference by numpy.linalg.solve."""
+    from fastntk.operators import sketch as SK
+    from fastntk.solvers import cg
+
+    g = torch.Generator().manual_seed(0)
+    rows, p = 300, 120
+    U, _ = torch.linalg.qr(torch.randn(rows, p, dtype=torch.float64, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(p, p, dtype=torch.float64, generator=g))
+    J = U @ torch.diag(10.0 ** torch.linspace(2, -2, p, dtype=torch.float64)) @ V.T
+    b = torch.randn(p, dtype=torch.float64, generator=g)
+    lam = 1e-2
+    ref = np.linalg.solve((J.T @ J).numpy() + lam * np.eye(p), b.numpy())
+    P = SK._nystrom([J], 1.0, lam)
+    assert P is not None and P.rank == min(SK.NYSTROM_RANK, p // 4)
+    plain = cg(SK._RowGram([J], lam), b, rtol=1e-10, maxiter=5000)
+    pre = cg(SK._RowGram([J], lam), b, rtol=1e-10, maxiter=5000, M=P)
+    for r in (plain, pre):
+        np.testing.assert_allclose(np.asarray(r.x), ref, rtol=1e-6, atol=1e-8 * np.abs(ref).max())
+    assert pre.iterations * 3 <= plain.iterations, (pre.iterations, plain.iterations)

@@ -293,8 +293,31 @@ class _RowGram(TorchLinearOperator):
         return (self.scale * sum(B.T @ (B @ Vb) for B in self.blocks)).to(V.dtype) + self.ridge * V
 
 
+#: the half-sketch estimate's CG route (large sketches) is preconditioned by a randomized Nyström approximation of rank
+#: NYSTROM_RANK of the whole sketch's G̃ (Frangella, Tropp & Udell 2023; built from one block product with the rows, a
+#: GEMM, and shared by the three systems: each half's G̃_h is the whole sketch's plus its noise); 0: plain CG.  Measured on
+#: real sketches (benchmarks/bench_estimate_precond.py)
+NYSTROM_RANK = 64
+
+
+def _nystrom(blocks: list, scale: float, ridge: float, seed: int = 0):
+    """The Nyström preconditioner of ``scale·Σ_B BᵀB + λI`` (rank :data:`NYSTROM_RANK`), or ``None`` when it is off, the
+    system is too small for it, or its build fails numerically (plain CG then)."""
+    from ..errors import PreconditionerError
+    from ..solvers.precond import NystromPreconditioner
+
+    p = int(blocks[0].shape[1])
+    rank = min(int(NYSTROM_RANK), p // 4)
+    if rank < 1:
+        return None
+    try:
+        return NystromPreconditioner.build(_RowGram(blocks, 0.0, scale), rank, ridge=float(ridge), seed=seed)
+    except (NumericalError, PreconditionerError):
+        return None
+
+
 def _cg_ridge(blocks: list, rhs: torch.Tensor, ridge: float, *, scale: float = 1.0, rtol: float = 1e-5,
-              maxiter: int = 5000, x0: torch.Tensor | None = None) -> torch.Tensor:
+              maxiter: int = 5000, x0: torch.Tensor | None = None, M=None) -> torch.Tensor:
     """``(scale·Σ_B BᵀB + λI)⁻¹ rhs`` by :func:`fastntk.solvers.cg`, matrix-free on the row blocks ``B`` as stored
     (products in their dtype; float32 rows cannot certify below ~10 eps32); ``rhs`` (p,) or (p, r), ``x0`` a start of
     the same shape.  Raises
@@ -303,10 +326,10 @@ def _cg_ridge(blocks: list, rhs: torch.Tensor, ridge: float, *, scale: float = 1
 
     if rhs.ndim == 2:
         return torch.stack([_cg_ridge(blocks, rhs[:, j], ridge, scale=scale, rtol=rtol, maxiter=maxiter,
-                                      x0=None if x0 is None else x0[:, j]) for j in range(rhs.shape[1])], 1)
+                                      x0=None if x0 is None else x0[:, j], M=M) for j in range(rhs.shape[1])], 1)
     tol = max(rtol, 10 * torch.finfo(blocks[0].dtype).eps)
     res = cg(_RowGram(blocks, ridge, scale), rhs.double(), rtol=tol, maxiter=int(maxiter), on_fail="ignore",
-             x0=None if x0 is None else x0.double())
+             x0=None if x0 is None else x0.double(), M=M)
     if not res.converged:
         raise NumericalError(f"CG for the half-sketch error estimate did not converge in {res.iterations} iterations "
                              f"(relative residual {res.true_residual / max(res.rhs_norm, 1e-300):.2e})")
@@ -328,7 +351,7 @@ class HalfSketchEstimate:
     x_b: torch.Tensor
     error: float
     half_error: float
-    method: str = ""  # how ``x`` was solved: "cholesky" (dense float64) or "cg" (matrix-free)
+    method: str = ""  # how ``x`` was solved: "cholesky" (dense float64) or "cg" (matrix-free; "cg (Nyström-…)" preconditioned)
 
 
 def _cross64(A: torch.Tensor, B: torch.Tensor, cols_bytes: float = 2e8) -> torch.Tensor:
@@ -483,11 +506,15 @@ def half_sketch_error(sketch, rhs: torch.Tensor, ridge: float) -> HalfSketchEsti
     if method == "cholesky":  # small: dense Cholesky (float64), one Gram's worth of work for the three solves
         x_a, x_b, x = _dense_halves(Ja, Jb, rhs, ridge, sc)
     else:
+        # large: matrix-free CG on the rows as stored (no float64 copy, no Gram: measured on resnet18, p = 14,730,
+        # 2 × 8,192 rows: the dense route held ~9 GB and cost more than the whole unlearning), Nyström-preconditioned
+        P = _nystrom([Ja, Jb], 0.5 * sc, ridge)
+        if P is not None:
+            method = f"cg (Nyström-preconditioned, rank {P.rank})"
         if dense_is_cheap(rows, p):  # each half is small enough for its own dense Cholesky
             x_a, x_b = ridge_solve(Ja, rhs, ridge / sc) / sc, ridge_solve(Jb, rhs, ridge / sc) / sc
-        else:  # large: matrix-free CG on the rows as stored (no float64 copy, no Gram: measured on resnet18, p = 14,730,
-            # 2 × 8,192 rows: the dense route held ~9 GB and cost more than the whole unlearning)
-            x_a, x_b = _cg_ridge([Ja], rhs, ridge, scale=sc), _cg_ridge([Jb], rhs, ridge, scale=sc)
-        x = _cg_ridge([Ja, Jb], rhs, ridge, scale=0.5 * sc, x0=(x_a + x_b) * 0.5)
+        else:
+            x_a, x_b = _cg_ridge([Ja], rhs, ridge, scale=sc, M=P), _cg_ridge([Jb], rhs, ridge, scale=sc, M=P)
+        x = _cg_ridge([Ja, Jb], rhs, ridge, scale=0.5 * sc, x0=(x_a + x_b) * 0.5, M=P)
     d, nx = float((x_a - x_b).norm()), max(float(x.norm()), 1e-300)
     return HalfSketchEstimate(x=x, x_a=x_a, x_b=x_b, error=d / (2 * nx), half_error=d / (math.sqrt(2.0) * nx), method=method)

@@ -634,7 +634,7 @@ class _StepSolver:
         if first is None or first[0] is not src or float(mu) != 0.0:
             return None
         method = first[2]
-        if (self.jac.solver == "cg" and method != "cg") or (self.jac.solver == "direct" and method != "cholesky"):
+        if (self.jac.solver == "cg" and not method.startswith("cg")) or (self.jac.solver == "direct" and method != "cholesky"):
             return None
         t = time.perf_counter()
         x = first[1].double()
@@ -642,7 +642,8 @@ class _StepSolver:
         res, bn = float((jtv64(src.J, jv64(src.J, x)) + self.lam * x - gd).norm()), float(gd.norm())
         if not res <= max(self.ctx.rtol * bn, 1e3 * torch.finfo(torch.float64).eps * bn):
             return None
-        how = ("direct Cholesky" if method == "cholesky" else "conjugate gradients (matrix-free)") + (
+        how = ("direct Cholesky" if method == "cholesky" else "conjugate gradients (matrix-free"
+               + (", Nyström-preconditioned)" if "Nyström" in method else ")")) + (
             " of the whole sketch, the solve the half-sketch error estimate made (step 1 needs none of its own)")
         record_direct(self.ctx.solves, name, x, residual=res, rhs_norm=bn, tolerance=self.ctx.rtol * bn, t0=t,
                       method=how, matvecs=2)
