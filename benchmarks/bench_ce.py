@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict] = {
     # the plain route's subsampled warm-up (NewtonOptions.warmup; off by default): on a quarter / an eighth of D_r
     "Fast-NTK warm-up 1/4": dict(warmup=0.25),
     "Fast-NTK warm-up 1/8": dict(warmup=0.125),
+    # CG solves of the CE route Nyström-preconditioned (rank 64; the half-sketch estimate's CG route always is)
+    "Nyström CG": dict(preconditioner="nystrom", precond_rank=64),
     # the head stage (NewtonOptions.head_start) on and off
     "head start": dict(head_start=True),
     "no head start": dict(head_start=False),
