@@ -1069,3 +1069,19 @@ def test_head_start_is_skipped_with_its_reason():
     assert w1 is None and not info["used"] and "not its head's output" in info["why"]
     with pytest.raises(InvalidInputError):
         NewtonOptions(head_start="yes")
+
+
+def test_auto_preconditioner_nystrom_on_cached_rows_gives_the_same_step():
+    """preconditioner='auto' (default): the CE route's CG solve on a cached curvature is Nyström-preconditioned (built
+    from the rows; the solve record says pcg, the plan and the solver reason say so) and gives the unpreconditioned
+    step to the solve tolerance; preconditioner='none' runs plain CG."""
+    m, peft, X, y, r, f, w0, lam = _bn_cnn_ce_problem(4, n=30)
+    kw = dict(trained_with="ce", ridge=lam, w0=w0, anchor="trained", curvature_source="exact", solver="cg",
+              harm=HarmTolerance(enabled=False), rtol=1e-11)
+    auto = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), **kw)
+    plain = unlearn(m, peft, (X[r], y[r]), (X[f], y[f]), preconditioner="none", **kw)
+    assert auto.plan["preconditioner"]["value"] == "auto" and "Nyström" in auto.plan["preconditioner"]["reason"]
+    assert any(rec.method == "pcg" for rec in auto.records.values())
+    assert not any(rec.method == "pcg" for rec in plain.records.values())
+    assert "Nyström" in auto.reasons["solver"] and "Nyström" not in plain.reasons["solver"]
+    np.testing.assert_allclose(auto.delta.numpy(), plain.delta.numpy(), rtol=0, atol=1e-8 * float(plain.delta.abs().max()))

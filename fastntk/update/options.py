@@ -30,7 +30,7 @@ __all__ = ["FORMS", "SolverOptions", "UnlearnOptions", "JacobianOptions", "HarmT
            "build_options", "option_defaults"]
 
 FORMS = ("auto", "dual", "primal", "woodbury", "dense")
-PRECONDITIONERS = (None, "none", "jacobi", "nystrom")
+PRECONDITIONERS = (None, "none", "auto", "jacobi", "nystrom")
 BACKENDS = ("auto", "scipy", "numba", "cupy", "torch")
 #: the fields of JacobianOptions that SolverOptions owns (kept equal in UnlearnOptions)
 SHARED = ("solver", "direct_limit")
@@ -57,13 +57,16 @@ def _integer(name, value, *, least: int) -> None:
 class SolverOptions:
     """Linear solves.  solver : ``"auto" | "cg" | "direct"`` (float64 Cholesky in the smaller space, needs the cached
     ``J``; auto: direct when cached and ``min(p, n_r·C) ≤ direct_limit``).  rtol / maxiter / preconditioner
-    (``"none" | "jacobi" | "nystrom"``, rank ``precond_rank``) / backend / on_fail / callback go to
-    :func:`fastntk.solvers.cg`; ``backend="auto"`` runs CG on the operators' torch tensors (their device)."""
+    (``"auto" | "none" | "jacobi" | "nystrom"``, rank ``precond_rank``) / backend / on_fail / callback go to
+    :func:`fastntk.solvers.cg`; ``backend="auto"`` runs CG on the operators' torch tensors (their device).
+    ``preconditioner="auto"`` (default): a Nyström preconditioner (rank ``fastntk.operators.sketch.NYSTROM_RANK``)
+    where the cross-entropy route runs CG on a curvature whose rows are in memory (its build is one GEMM over them), none
+    elsewhere (measured: docs/guide.md §4)."""
 
     solver: str = "auto"
     rtol: float = DEFAULT_RTOL
     maxiter: int | None = None
-    preconditioner: str | None = "none"
+    preconditioner: str | None = "auto"
     precond_rank: int = 50
     backend: str = "auto"
     on_fail: str = "raise"

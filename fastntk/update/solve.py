@@ -71,7 +71,7 @@ class SolveContext:
 
     def _precond(self, op: TorchLinearOperator, A, key):
         name = self.preconditioner
-        if name in (None, "none"):
+        if name in (None, "none", "auto"):  # "auto": only the CE route's cached-row solves build one (update.tilted)
             return None
         if key is not None and key in self._precond_cache:
             return self._precond_cache[key]
@@ -102,9 +102,11 @@ class SolveContext:
 
         return cb, bar
 
-    def solve(self, op: TorchLinearOperator, b: torch.Tensor, name: str, *, rtol=None, key=None, quiet=False) -> torch.Tensor:
+    def solve(self, op: TorchLinearOperator, b: torch.Tensor, name: str, *, rtol=None, key=None, quiet=False,
+              M=None) -> torch.Tensor:
         """``op⁻¹ b`` by preconditioned CG (:func:`fastntk.solvers.cg`, on torch tensors unless the backend is a host
-        one); recorded under ``name`` (``quiet``: inner solves, combined into one record)."""
+        one); recorded under ``name`` (``quiet``: inner solves, combined into one record).  ``M``: a preconditioner the
+        caller built (instead of the one ``preconditioner`` names)."""
         from .. import solvers
 
         if float(b.norm()) == 0.0:
@@ -112,7 +114,7 @@ class SolveContext:
                                                            tolerance=0.0, method="trivial")
             return torch.zeros_like(b)
         A, rhs = self._system(op, b)
-        M = self._precond(op, A, key)
+        M = self._precond(op, A, key) if M is None else M
         cb, bar = self._callback(name, quiet)
         try:
             res = solvers.cg(A, rhs, rtol=self.rtol if rtol is None else rtol, maxiter=self.maxiter, M=M, callback=cb,

@@ -661,7 +661,32 @@ class _StepSolver:
     def _solve_primal(self, src, g, lam: float, name: str):
         if self._direct(src):
             return solve_primal_direct(src, g, lam, self.ctx, name)
-        return self.ctx.solve(GGNLinearOperator(src, lam), g, name)
+        return self.ctx.solve(GGNLinearOperator(src, lam), g, name, M=self._auto_precond(src, lam))
+
+    def _auto_precond(self, src, lam: float):
+        """``preconditioner="auto"``: the Nyström preconditioner (rank ``NYSTROM_RANK``) of a curvature source whose rows
+        are in memory — built once per source by one GEMM over its rows (kept on the source, re-shifted for another
+        ``λ + μ``) — or ``None`` (another preconditioner asked for, a streamed source, a host or CuPy backend, a failed
+        build: plain CG)."""
+        if self.ctx.preconditioner != "auto" or not hasattr(src, "J") or self.ctx.backend not in ("auto", "torch"):
+            return None
+        P = getattr(src, "_nystrom_pc", None)
+        if P is None and not hasattr(src, "_nystrom_pc"):
+            from ..errors import PreconditionerError
+            from ..operators.sketch import NYSTROM_RANK
+            from ..solvers import NystromPreconditioner
+
+            rank = min(int(NYSTROM_RANK), int(src.p) // 4)
+            try:
+                P = NystromPreconditioner.build(GGNLinearOperator(src, 0.0), rank, ridge=lam, seed=0) if rank >= 1 else None
+            except (NumericalError, PreconditionerError) as e:
+                log.info("fastntk: the Nyström preconditioner failed (%s); plain CG", e)
+                P = None
+            src._nystrom_pc = P
+        if P is None:
+            return None
+        self.info["preconditioner"] = f"Nyström, rank {P.rank}, from the cached rows (preconditioner='auto')"
+        return P if float(P.ridge) == float(lam) else P.with_ridge(lam)
 
     def probe(self, g, mu: float = 0.0, k: int = 0):
         """``(G_prev + λI + μI)⁻¹ g`` with the last step's curvature (relinearized route; ``None`` when there is none or
@@ -724,6 +749,8 @@ class _StepSolver:
                     f" (min(p, rows) = {min(src.p, src.nC)} ≤ {jac.direct_limit}, but its float64 Gram would cost more than "
                     "DIRECT_GRAM_FLOPS)" if big else "")
             x = self._solve_primal(src, g, lam, name)
+            if "Nyström" in self.info.get("preconditioner", "") and "Nyström" not in info["solver"]:
+                info["solver"] += f", {self.info['preconditioner']}"
         if self.newton.curvature != "frozen":
             self.prev, self.src = src, None  # relinearized: the next step builds its own
         info["solve"] += time.perf_counter() - t
