@@ -682,7 +682,10 @@ class _StepSolver:
             except (NumericalError, PreconditionerError) as e:
                 log.info("fastntk: the Nyström preconditioner failed (%s); plain CG", e)
                 P = None
-            src._nystrom_pc = P
+            try:
+                src._nystrom_pc = P  # lives (and dies) with its source
+            except AttributeError:  # a source that takes no attributes: built again on its next solve
+                pass
         if P is None:
             return None
         self.info["preconditioner"] = f"Nyström, rank {P.rank}, from the cached rows (preconditioner='auto')"
