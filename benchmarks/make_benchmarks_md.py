@@ -56,6 +56,8 @@ SECTIONS = [
      "OMP_NUM_THREADS=1 python benchmarks/bench_scale_recipe.py --seed 1 --threads 1 --name scale_recipe_resnet18_60k_s1"),
     ("scale_recipe_resnet18_60k_s2", "The same, seed 2",
      "OMP_NUM_THREADS=1 python benchmarks/bench_scale_recipe.py --seed 2 --threads 1 --name scale_recipe_resnet18_60k_s2"),
+    ("scaling_ce_resnet18_60k_nystrom", "The same with the Nyström-preconditioned estimate (NYSTROM_RANK = 64) and preconditioner='auto': end to end",
+     "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 60000 --models resnet18 --trained-with ce --budget 4e9 --threads 2 --name scaling_ce_resnet18_60k_nystrom"),
     ("scaling_ce_resnet18_60k_views", "The same after the half-sketches became row views and the merge stopped making temporaries: peak RSS",
      "OMP_NUM_THREADS=2 python benchmarks/bench_scaling.py --ns 60000 --models resnet18 --trained-with ce --budget 4e9 --threads 2 --name scaling_ce_resnet18_60k_views"),
     ("scaling_ce_resnet18_60k_gated", "The same at 60k with the plan's own sketch size (no --sketch-m): the gated sketch starts on 8192 draws and grows by its estimate within half of what fits memory_budget = 4 GB",
