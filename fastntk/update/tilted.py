@@ -545,6 +545,7 @@ class _StepSolver:
         self.factor = None
         self.gate = None  # the gated sketch's verdict at step 1 (None: no gate; else a dict with "accepted")
         self.first_x = None  # (source, x, method): the half-sketch estimate's whole-sketch solve of step 1, reused as the step
+        self.last_precond = None  # the preconditioner of the last CG solve (preconditioner='auto'), None: plain CG
         self.info = {"strategy": None, "solver": None, "jacobian": 0.0, "solve": 0.0}
 
     def _source(self, w, step: int = 1):
@@ -661,7 +662,8 @@ class _StepSolver:
     def _solve_primal(self, src, g, lam: float, name: str):
         if self._direct(src):
             return solve_primal_direct(src, g, lam, self.ctx, name)
-        return self.ctx.solve(GGNLinearOperator(src, lam), g, name, M=self._auto_precond(src, lam))
+        self.last_precond = self._auto_precond(src, lam)
+        return self.ctx.solve(GGNLinearOperator(src, lam), g, name, M=self.last_precond)
 
     def _auto_precond(self, src, lam: float):
         """``preconditioner="auto"``: the Nyström preconditioner (rank ``NYSTROM_RANK``) of a curvature source whose rows
@@ -688,7 +690,6 @@ class _StepSolver:
                 pass
         if P is None:
             return None
-        self.info["preconditioner"] = f"Nyström, rank {P.rank}, from the cached rows (preconditioner='auto')"
         return P if float(P.ridge) == float(lam) else P.with_ridge(lam)
 
     def probe(self, g, mu: float = 0.0, k: int = 0):
@@ -752,8 +753,8 @@ class _StepSolver:
                     f" (min(p, rows) = {min(src.p, src.nC)} ≤ {jac.direct_limit}, but its float64 Gram would cost more than "
                     "DIRECT_GRAM_FLOPS)" if big else "")
             x = self._solve_primal(src, g, lam, name)
-            if "Nyström" in self.info.get("preconditioner", "") and "Nyström" not in info["solver"]:
-                info["solver"] += f", {self.info['preconditioner']}"
+            if self.last_precond is not None:  # this step's CG ran preconditioned
+                info["solver"] += f", Nyström-preconditioned (rank {self.last_precond.rank}, from the cached rows; preconditioner='auto')"
         if self.newton.curvature != "frozen":
             self.prev, self.src = src, None  # relinearized: the next step builds its own
         info["solve"] += time.perf_counter() - t
