@@ -83,8 +83,8 @@ HELP: dict[str, str] = {
               "(fit after linearized, trained after standard fine-tuning)",
     "memory_budget": "bytes a cached Jacobian may use (strategy auto/cached); above it J is streamed",
     "rtol": "relative residual tolerance of the iterative solves, ‖b − Ax‖ <= rtol·‖b‖ (floored at 1e-4 in float32)",
-    "preconditioner": "preconditioner of the CG solves: none, jacobi (diagonal of the operator) or nystrom "
-                      "(randomized low-rank)",
+    "preconditioner": "preconditioner of the CG solves: auto (Nyström where the cross-entropy route solves with rows held in "
+                      "memory, none elsewhere), none, jacobi (diagonal of the operator) or nystrom (randomized low-rank)",
     "scale": "multiply the update by this factor; trapezium (average of the kernels at w0 and at the trained "
              "weights) or none for the plain update",
     "steps": "linearization steps: k > 1 adds k − 1 line-searched Gauss-Newton steps relinearized at the current "

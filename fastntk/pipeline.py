@@ -80,7 +80,7 @@ class ExperimentConfig:
     anchor: str = "auto"
     memory_budget: float = 4e9  # = fastntk.operators.linearization.DEFAULT_MEMORY_BUDGET
     rtol: float = 1e-8  # = fastntk.update.options.DEFAULT_RTOL
-    preconditioner: str = "none"
+    preconditioner: str = "auto"
     scale: float | None = None
     # linearization steps of the one-shot update (unlearn(steps=...)): > 1 adds Gauss-Newton steps relinearized at the
     # current weights; "auto": 1 (further steps helped the "retain" anchor but not the default variants, bench_variants)
@@ -531,7 +531,7 @@ def write_report(result: dict, out_dir) -> dict:
 # form, conjugate gradients, no preconditioner).  Any other key must keep unlearn()'s default.
 _DIST_PASS = ("ridge", "w0", "target_scale", "strategy", "memory_budget", "batch_size", "rtol", "maxiter")
 _DIST_IGNORED = ("progress", "check_overlap")
-_DIST_ACCEPTED = {"form": ("auto", "primal"), "solver": ("auto", "cg"), "preconditioner": (None, "none"), "scale": (None, 1, 1.0),
+_DIST_ACCEPTED = {"form": ("auto", "primal"), "solver": ("auto", "cg"), "preconditioner": (None, "none", "auto"), "scale": (None, 1, 1.0),
                   "linearize_at": ("auto", "w0"), "anchor": ("auto", "fit"), "loss": ("auto", "mse"), "steps": ("auto", 1),
                   "trained_with": ("linearized-mse", "mse")}
 
