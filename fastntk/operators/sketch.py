@@ -300,20 +300,28 @@ class _RowGram(TorchLinearOperator):
 NYSTROM_RANK = 64
 
 
-def _nystrom(blocks: list, scale: float, ridge: float, seed: int = 0):
-    """The Nyström preconditioner of ``scale·Σ_B BᵀB + λI`` (rank :data:`NYSTROM_RANK`), or ``None`` when it is off, the
-    system is too small for it, or its build fails numerically (plain CG then)."""
+def nystrom_for(op, ridge: float, seed: int = 0):
+    """The Nyström preconditioner of ``op + λI`` (``op`` positive semidefinite, ``p × p``, its block products cheap:
+    rows held in memory), rank :data:`NYSTROM_RANK` (at most ``p/4``), or ``None`` when it is off, the system is too
+    small for it, or its build fails numerically (plain CG then; logged)."""
+    import logging
+
     from ..errors import PreconditionerError
     from ..solvers.precond import NystromPreconditioner
 
-    p = int(blocks[0].shape[1])
-    rank = min(int(NYSTROM_RANK), p // 4)
+    rank = min(int(NYSTROM_RANK), int(op.shape[0]) // 4)
     if rank < 1:
         return None
     try:
-        return NystromPreconditioner.build(_RowGram(blocks, 0.0, scale), rank, ridge=float(ridge), seed=seed)
-    except (NumericalError, PreconditionerError):
+        return NystromPreconditioner.build(op, rank, ridge=float(ridge), seed=seed)
+    except (NumericalError, PreconditionerError) as e:
+        logging.getLogger("fastntk").info("fastntk: the Nyström preconditioner failed (%s); plain CG", e)
         return None
+
+
+def _nystrom(blocks: list, scale: float, ridge: float, seed: int = 0):
+    """:func:`nystrom_for` of ``scale·Σ_B BᵀB`` (the half-sketch estimate's rows)."""
+    return nystrom_for(_RowGram(blocks, 0.0, scale), ridge, seed)
 
 
 def _cg_ridge(blocks: list, rhs: torch.Tensor, ridge: float, *, scale: float = 1.0, rtol: float = 1e-5,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..operators.base import TorchLinearOperator
 from ..train import peft_loss
 
 log = logging.getLogger("fastntk")
@@ -174,28 +175,29 @@ def head_stage(objective, w: torch.Tensor, block: HeadBlock) -> tuple[torch.Tens
     return w1, info
 
 
+class _BlockHessian(TorchLinearOperator):
+    """``v ↦ H v`` of the (scaled) block objective at ``h`` by double backward (the block's exact Hessian)."""
+
+    symmetric = True
+
+    def __init__(self, grad: torch.Tensor, h: torch.Tensor):
+        super().__init__((h.numel(), h.numel()), h.dtype, h.device)
+        self.grad, self.h = grad, h
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.autograd.grad(self.grad, self.h, grad_outputs=v, retain_graph=True)[0].detach()
+                            for v in V.T], 1)
+
+
 def _block_decrement(value, h0: torch.Tensor, g: torch.Tensor, iters: int = 100) -> float:
-    """``gᵀ(H + λI)⁻¹g`` of the (scaled) block objective ``value`` at ``h0`` by CG on exact Hessian-vector products
-    (double backward)."""
-    gn = float(g.norm())
-    if gn == 0.0:
+    """``gᵀ(H + λI)⁻¹g`` of the (scaled) block objective ``value`` at ``h0`` (``H + λI`` its Hessian, ridge included) by
+    :func:`fastntk.solvers.cg` on exact Hessian-vector products, to a relative residual of 1e-8 or ``iters``
+    iterations."""
+    from ..solvers import cg
+
+    if float(g.norm()) == 0.0:
         return 0.0
     h = h0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(value(h), h, create_graph=True)
-
-    def hv(v):
-        return torch.autograd.grad(grad, h, grad_outputs=v, retain_graph=True)[0].detach()
-
-    x, r = torch.zeros_like(g), g.clone()
-    p, rr = r.clone(), float(r @ r)
-    for _ in range(iters):
-        Ap = hv(p)
-        alpha = rr / float(p @ Ap)
-        x += alpha * p
-        r -= alpha * Ap
-        rr_new = float(r @ r)
-        if rr_new <= 1e-16 * gn * gn:
-            break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return float(g @ x)
+    res = cg(_BlockHessian(grad, h), g, rtol=1e-8, maxiter=iters, on_fail="ignore")
+    return float(g @ torch.as_tensor(res.x, dtype=g.dtype, device=g.device))

@@ -674,16 +674,9 @@ class _StepSolver:
             return None
         P = getattr(src, "_nystrom_pc", None)
         if P is None and not hasattr(src, "_nystrom_pc"):
-            from ..errors import PreconditionerError
-            from ..operators.sketch import NYSTROM_RANK
-            from ..solvers import NystromPreconditioner
+            from ..operators.sketch import nystrom_for
 
-            rank = min(int(NYSTROM_RANK), int(src.p) // 4)
-            try:
-                P = NystromPreconditioner.build(GGNLinearOperator(src, 0.0), rank, ridge=lam, seed=0) if rank >= 1 else None
-            except (NumericalError, PreconditionerError) as e:
-                log.info("fastntk: the Nyström preconditioner failed (%s); plain CG", e)
-                P = None
+            P = nystrom_for(GGNLinearOperator(src, 0.0), lam)
             try:
                 src._nystrom_pc = P  # lives (and dies) with its source
             except AttributeError:  # a source that takes no attributes: built again on its next solve
